@@ -1,0 +1,227 @@
+//! A small blocking client over any `Read + Write` stream: used by the server's tests and by tools.
+//! One request at a time; it does the whole upload flow (instant, ownership proof, two-step chunks).
+
+use std::io::{Read, Write};
+
+use crate::error::{DecodeError, WireError};
+use crate::io::{read_frame, write_frame, Direction, FrameError};
+use crate::kind::Kind;
+use crate::message::*;
+use crate::{md5_hex, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame from server: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("server: {0}")]
+    Server(#[from] WireError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> ClientError {
+        match e {
+            FrameError::Io(e) => ClientError::Io(e),
+            FrameError::Decode(e) => ClientError::Decode(e),
+        }
+    }
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with an error.
+    pub fn code(&self) -> Option<crate::ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// How an upload went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadOutcome {
+    pub attr: Attr,
+    /// True when the server already held the content and no chunk was sent.
+    pub instant: bool,
+    pub chunks_sent: u32,
+}
+
+pub struct Client<S> {
+    stream: S,
+    next_id: u64,
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn new(stream: S) -> Client<S> {
+        Client { stream, next_id: 1 }
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
+    /// Sends one request with a payload and waits for its answer.
+    pub fn call_with_payload<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>), ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_frame(&mut self.stream, R::KIND, id, req, payload)?;
+        let frame = read_frame(&mut self.stream, Direction::Response)?;
+        if frame.head.request_id != id {
+            return Err(ClientError::Protocol(format!("answer to request {} while waiting for {id}", frame.head.request_id)));
+        }
+        let json = |e: serde_json::Error| DecodeError::Json { kind: frame.head.kind, reason: e.to_string() };
+        if frame.head.kind == Kind::Error {
+            let err: WireError = serde_json::from_slice(&frame.header).map_err(json)?;
+            return Err(ClientError::Server(err));
+        }
+        if Some(frame.head.kind) != R::KIND.response() {
+            return Err(ClientError::Protocol(format!("{:?} in answer to {:?}", frame.head.kind, R::KIND)));
+        }
+        let res = serde_json::from_slice(&frame.header).map_err(json)?;
+        Ok((res, frame.payload))
+    }
+
+    pub fn call<R: Request>(&mut self, req: &R) -> Result<R::Response, ClientError> {
+        self.call_with_payload(req, &[]).map(|(res, _)| res)
+    }
+
+    pub fn login(&mut self, user: &str, password: &str) -> Result<LoginRes, ClientError> {
+        self.call(&Login { user: user.into(), password: password.into() })
+    }
+
+    pub fn stat(&mut self, path: &str) -> Result<Attr, ClientError> {
+        Ok(self.call(&Stat { path: path.into() })?.attr)
+    }
+
+    /// Every entry of a directory, fetching all pages.
+    pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.call(&GetDir { path: path.into(), after: after.take(), limit: MAX_DIR_PAGE })?;
+            let more = page.more;
+            all.extend(page.entries);
+            if !more {
+                return Ok(all);
+            }
+            after = all.last().map(|e| e.name.clone());
+        }
+    }
+
+    /// The names in a directory, in the server's (sorted) order.
+    pub fn names(&mut self, path: &str) -> Result<Vec<String>, ClientError> {
+        Ok(self.list_dir(path)?.into_iter().map(|e| e.name).collect())
+    }
+
+    pub fn mkdir(&mut self, path: &str, mode: u32) -> Result<Attr, ClientError> {
+        Ok(self.call(&Mkdir { path: path.into(), mode, owner: Owner::default() })?.attr)
+    }
+
+    pub fn rmdir(&mut self, path: &str) -> Result<(), ClientError> {
+        self.call(&Rmdir { path: path.into() }).map(|_| ())
+    }
+
+    pub fn delete_file(&mut self, path: &str) -> Result<(), ClientError> {
+        self.call(&DeleteFile { path: path.into() }).map(|_| ())
+    }
+
+    pub fn rename(&mut self, from: &str, to: &str, noreplace: bool) -> Result<(), ClientError> {
+        self.call(&Rename { from: from.into(), to: to.into(), noreplace }).map(|_| ())
+    }
+
+    pub fn download(&mut self, path: &str, offset: u64, len: u32) -> Result<(DownloadRes, Vec<u8>), ClientError> {
+        self.call_with_payload(&Download { path: path.into(), offset, len }, &[])
+    }
+
+    /// The whole content of a file, downloaded in ranges of the largest payload.
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut data = Vec::new();
+        loop {
+            let (res, bytes) = self.download(path, data.len() as u64, MAX_PAYLOAD)?;
+            let done = bytes.is_empty();
+            data.extend_from_slice(&bytes);
+            if done || data.len() as u64 >= res.size {
+                return Ok(data);
+            }
+        }
+    }
+
+    /// Uploads `data` to `path` the way a real client does: instant when the server holds the content,
+    /// an ownership proof when it asks for one, otherwise only the chunks it lacks.
+    pub fn upload(&mut self, path: &str, data: &[u8], mode: u32) -> Result<UploadOutcome, ClientError> {
+        let req = UploadFile {
+            path: path.into(),
+            size: data.len() as u64,
+            md5: md5_hex(data),
+            mode,
+            mtime: None,
+            owner: Owner::default(),
+        };
+        let mut answer = self.call(&req)?;
+        if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+            let proofs = ranges.iter().map(|r| md5_hex(range_of(data, r))).collect();
+            answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
+        }
+        match answer {
+            UploadFileRes::Instant { attr } => Ok(UploadOutcome { attr, instant: true, chunks_sent: 0 }),
+            UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+                let (done, chunks_sent) = self.send_missing_chunks(upload_id, chunk_size, chunk_count, data)?;
+                let attr = match done {
+                    Some(attr) => attr,
+                    // Nothing was missing (another connection finished it): asking again completes it.
+                    None => match self.call(&req)? {
+                        UploadFileRes::Instant { attr } => attr,
+                        other => return Err(ClientError::Protocol(format!("upload not complete after all chunks: {other:?}"))),
+                    },
+                };
+                Ok(UploadOutcome { attr, instant: false, chunks_sent })
+            }
+            UploadFileRes::Challenge { .. } => Err(ClientError::Protocol("a second challenge".into())),
+        }
+    }
+
+    /// Asks which chunks are missing (L3 step one) and sends each (step two).
+    /// Returns the file's attributes if a chunk completed it, and how many chunks were sent.
+    pub fn send_missing_chunks(
+        &mut self,
+        upload_id: u64,
+        chunk_size: u32,
+        chunk_count: u32,
+        data: &[u8],
+    ) -> Result<(Option<Attr>, u32), ClientError> {
+        let mut sent = 0;
+        let mut complete = None;
+        let all: Vec<u32> = (0..chunk_count).collect();
+        for batch in all.chunks(MAX_QUERY_INDEXES) {
+            let needed = self.call(&QueryChunk { upload_id, indexes: batch.to_vec() })?.needed;
+            for index in needed {
+                let start = index as usize * chunk_size as usize;
+                let end = (start + chunk_size as usize).min(data.len());
+                let bytes = data
+                    .get(start..end)
+                    .ok_or_else(|| ClientError::Protocol(format!("server asked for chunk {index} beyond the data")))?;
+                let req = UploadChunk { upload_id, index, md5: md5_hex(bytes) };
+                let (res, _) = self.call_with_payload(&req, bytes)?;
+                sent += 1;
+                if res.complete.is_some() {
+                    complete = res.complete;
+                }
+            }
+        }
+        Ok((complete, sent))
+    }
+}
+
+/// The bytes of `data` a challenge range names (clamped to the data).
+pub fn range_of<'a>(data: &'a [u8], range: &ByteRange) -> &'a [u8] {
+    let start = (range.offset as usize).min(data.len());
+    let end = (range.offset.saturating_add(range.len) as usize).min(data.len());
+    &data[start..end]
+}

@@ -1,0 +1,83 @@
+//! The netdisk wire protocol: one framing for every request and response, shared by the server and the mount.
+//! This crate does no I/O of its own beyond `std::io::{Read, Write}`: no sockets, no tokio, no nix.
+//!
+//! # Wire format
+//!
+//! Every message is a frame: a fixed 24-byte head, a JSON header, then raw payload bytes.
+//!
+//! ```text
+//!  0        4     5     6         8                  16           20           24
+//!  +--------+-----+-----+---------+------------------+------------+------------+
+//!  | magic  | ver | kind| flags   |    request id    | header len | payload len|
+//!  | "NDSK" |  1  |  u8 | u16 = 0 |       u64        |    u32     |    u32     |
+//!  +--------+-----+-----+---------+------------------+------------+------------+
+//!  | header: `header len` bytes of UTF-8 JSON (one struct of `message`)        |
+//!  +---------------------------------------------------------------------------+
+//!  | payload: `payload len` raw bytes (chunk data or downloaded bytes)         |
+//!  +---------------------------------------------------------------------------+
+//! ```
+//!
+//! All integers are big-endian. A response carries the request id of the request it answers,
+//! so a client may pipeline requests on one connection and match the replies.
+//! Response kinds are the request kind with the high bit set; `0xFF` is the error response.
+//!
+//! # Validation order (lesson L5)
+//!
+//! [`FrameHead::decode`] checks, before a single byte of JSON is looked at: the magic, the version,
+//! that the kind is known, that flags are zero, that the header length is within [`MAX_REQUEST_HEADER`]
+//! (requests) or [`MAX_RESPONSE_HEADER`] (responses), and that the payload length is zero for every kind
+//! that carries no payload and at most [`MAX_PAYLOAD`] for the two that do (`UploadChunk`, the `Download` reply).
+//! A frame that fails any check means the peer is hostile or broken: the receiver closes the connection.
+//!
+//! # Limits
+//!
+//! | limit | value |
+//! |---|---|
+//! | request header | 64 KiB |
+//! | response header | 1 MiB |
+//! | payload | 16 MiB |
+//! | path | 4096 bytes, components of at most 255 bytes |
+//! | chunk indexes in one `QueryChunk` | 4096 |
+//! | entries in one `GetDir` page | 512 |
+
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod io;
+pub mod kind;
+pub mod message;
+pub mod path;
+
+pub use error::{DecodeError, ErrorCode, WireError};
+pub use frame::{FrameHead, HEAD_LEN, MAGIC, VERSION};
+pub use kind::Kind;
+pub use message::*;
+
+/// Largest JSON header of a request frame.
+pub const MAX_REQUEST_HEADER: u32 = 64 * 1024;
+/// Largest JSON header of a response frame (a page of directory entries).
+pub const MAX_RESPONSE_HEADER: u32 = 1024 * 1024;
+/// Largest payload of any frame: one upload chunk or one download range.
+pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Longest path, in bytes.
+pub const MAX_PATH: usize = 4096;
+/// Longest single name (path component), in bytes.
+pub const MAX_NAME: usize = 255;
+/// Most chunk indexes a `QueryChunk` may ask about at once.
+pub const MAX_QUERY_INDEXES: usize = 4096;
+/// Most entries the server returns in one `GetDir` page.
+pub const MAX_DIR_PAGE: u32 = 512;
+/// Smallest and largest chunk size a server may choose.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+pub const MAX_CHUNK_SIZE: u32 = MAX_PAYLOAD;
+
+/// Lowercase hex md5 of `data`.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data))
+}
+
+/// True when `s` looks like a lowercase hex md5 (32 hex digits).
+pub fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,356 @@
+//! One serde struct per request and per response. Paths are absolute, `/`-separated, within the user's own tree.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+use crate::kind::Kind;
+
+/// A request type, tied to its kind on the wire and to the type of its successful response.
+pub trait Request: Serialize + DeserializeOwned {
+    const KIND: Kind;
+    type Response: Serialize + DeserializeOwned;
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// What a node is; the POSIX file types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// The attributes of a node, as `stat(2)` reports them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Stable node id: never reused, unchanged by rename and by new content.
+    pub ino: u64,
+    pub kind: NodeKind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// Device number of a character or block device node.
+    pub rdev: u64,
+    /// md5 of a regular file's content (lowercase hex); `None` for other kinds.
+    pub md5: Option<String>,
+}
+
+/// A time to set: now (by the server's clock) or a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetTime {
+    Now,
+    At(Timespec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+// ---- requests and their responses ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRes {
+    pub root: Attr,
+    /// Chunk size for new uploads.
+    pub chunk_size: u32,
+}
+
+/// One page of a directory: entries sorted by name, starting after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetDir {
+    pub path: String,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetDirRes {
+    /// Attributes of the directory itself.
+    pub dir: Attr,
+    pub entries: Vec<DirEntry>,
+    /// More entries follow the last one of this page.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub path: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatRes {
+    pub attr: Attr,
+}
+
+/// Owner of a node being created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mkdir {
+    pub path: String,
+    pub mode: u32,
+    pub owner: Owner,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkdirRes {
+    pub attr: Attr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rmdir {
+    pub path: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RmdirRes {}
+
+/// Removes a name that is not a directory (`unlink(2)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteFile {
+    pub path: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteFileRes {}
+
+/// Atomic rename of a file or a whole directory, replacing the target unless `noreplace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
+    pub noreplace: bool,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameRes {}
+
+/// Changes the given attributes; `None` leaves one as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub path: String,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttrRes {
+    pub attr: Attr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
+    pub owner: Owner,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymlinkRes {
+    pub attr: Attr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLink {
+    pub path: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadLinkRes {
+    pub target: String,
+}
+
+/// A hard link: `new` becomes another name of the node at `existing`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub existing: String,
+    pub new: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRes {
+    pub attr: Attr,
+}
+
+/// A fifo, socket or device node; the server keeps it as metadata only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mknod {
+    pub path: String,
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub rdev: u64,
+    pub owner: Owner,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MknodRes {
+    pub attr: Attr,
+}
+
+/// Puts `size` bytes with this md5 at `path` (replacing a regular file's content, keeping its node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadFile {
+    pub path: String,
+    pub size: u64,
+    pub md5: String,
+    /// Permission bits of a file that does not exist yet.
+    pub mode: u32,
+    /// Modification time to record; `None` means the server's now.
+    pub mtime: Option<Timespec>,
+    pub owner: Owner,
+}
+
+/// The answer to `UploadFile` and to `ProveOwnership`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadFileRes {
+    /// Done: the server held the content; no byte needs to be sent.
+    Instant { attr: Attr },
+    /// Send the chunks `QueryChunk` says are missing, each with `UploadChunk`.
+    Upload { upload_id: u64, chunk_size: u32, chunk_count: u32 },
+    /// Prove you hold the content: answer with the md5 of each range, in order.
+    Challenge { challenge_id: u64, ranges: Vec<ByteRange> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProveOwnership {
+    pub challenge_id: u64,
+    /// Lowercase hex md5 of each challenged range.
+    pub proofs: Vec<String>,
+}
+
+/// Which of these chunk indexes does the upload still need? (L3, step one)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryChunk {
+    pub upload_id: u64,
+    pub indexes: Vec<u32>,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryChunkRes {
+    pub needed: Vec<u32>,
+}
+
+/// One chunk's bytes follow this header as the payload. (L3, step two)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadChunk {
+    pub upload_id: u64,
+    pub index: u32,
+    /// md5 of this chunk's bytes, checked by the server after they land.
+    pub md5: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadChunkRes {
+    pub index: u32,
+    /// Set when this chunk completed the file: verified, synced and placed at its path.
+    pub complete: Option<Attr>,
+}
+
+/// A byte range of a file; the bytes follow the response header as its payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    pub path: String,
+    pub offset: u64,
+    pub len: u32,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRes {
+    /// md5 of the whole file the bytes come from, so a client can key its cache by content.
+    pub md5: String,
+    pub size: u64,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {}
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFsRes {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+macro_rules! requests {
+    ($($name:ident => $res:ident,)*) => {
+        $(impl Request for $name {
+            const KIND: Kind = Kind::$name;
+            type Response = $res;
+        })*
+
+        /// Any request, decoded from a frame whose kind was validated first.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum AnyRequest {
+            $($name($name),)*
+        }
+
+        impl AnyRequest {
+            /// Parses the JSON header of a request frame of the given (already validated) kind.
+            pub fn decode(kind: Kind, header: &[u8]) -> Result<AnyRequest, DecodeError> {
+                let json = |e: serde_json::Error| DecodeError::Json { kind, reason: e.to_string() };
+                match kind {
+                    $(Kind::$name => serde_json::from_slice(header).map(AnyRequest::$name).map_err(json),)*
+                    other => Err(DecodeError::NotARequest(other)),
+                }
+            }
+
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(AnyRequest::$name(_) => Kind::$name,)*
+                }
+            }
+        }
+    };
+}
+
+requests! {
+    Login => LoginRes,
+    GetDir => GetDirRes,
+    Stat => StatRes,
+    Mkdir => MkdirRes,
+    Rmdir => RmdirRes,
+    DeleteFile => DeleteFileRes,
+    Rename => RenameRes,
+    SetAttr => SetAttrRes,
+    Symlink => SymlinkRes,
+    ReadLink => ReadLinkRes,
+    Link => LinkRes,
+    Mknod => MknodRes,
+    UploadFile => UploadFileRes,
+    ProveOwnership => UploadFileRes,
+    QueryChunk => QueryChunkRes,
+    UploadChunk => UploadChunkRes,
+    Download => DownloadRes,
+    StatFs => StatFsRes,
+}

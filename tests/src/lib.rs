@@ -1,0 +1,1 @@
+//! Test harness: finds the built binaries, starts servers, cleans up on drop.
