@@ -68,13 +68,20 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// Sends one request with a payload and waits for its answer.
-    pub fn call_with_payload<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>), ClientError> {
+    pub fn call_with_payload<R: Request>(
+        &mut self,
+        req: &R,
+        payload: &[u8],
+    ) -> Result<(R::Response, Vec<u8>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.stream, R::KIND, id, req, payload)?;
         let frame = read_frame(&mut self.stream, Direction::Response)?;
         if frame.head.request_id != id {
-            return Err(ClientError::Protocol(format!("answer to request {} while waiting for {id}", frame.head.request_id)));
+            return Err(ClientError::Protocol(format!(
+                "answer to request {} while waiting for {id}",
+                frame.head.request_id
+            )));
         }
         let json = |e: serde_json::Error| DecodeError::Json { kind: frame.head.kind, reason: e.to_string() };
         if frame.head.kind == Kind::Error {
@@ -178,7 +185,11 @@ impl<S: Read + Write> Client<S> {
                     // Nothing was missing (another connection finished it): asking again completes it.
                     None => match self.call(&req)? {
                         UploadFileRes::Instant { attr } => attr,
-                        other => return Err(ClientError::Protocol(format!("upload not complete after all chunks: {other:?}"))),
+                        other => {
+                            return Err(ClientError::Protocol(format!(
+                                "upload not complete after all chunks: {other:?}"
+                            )))
+                        }
                     },
                 };
                 Ok(UploadOutcome { attr, instant: false, chunks_sent })

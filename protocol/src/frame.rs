@@ -116,7 +116,8 @@ mod tests {
         let mut bad_flags = good;
         bad_flags[7] = 1;
 
-        let cases: Vec<([u8; HEAD_LEN], fn(&DecodeError) -> bool)> = vec![
+        type Check = fn(&DecodeError) -> bool;
+        let cases: Vec<([u8; HEAD_LEN], Check)> = vec![
             (bad_magic, |e| matches!(e, DecodeError::BadMagic(_))),
             (bad_version, |e| matches!(e, DecodeError::BadVersion(9))),
             (bad_flags, |e| matches!(e, DecodeError::BadFlags(1))),

@@ -73,7 +73,10 @@ mod tests {
         write_frame(&mut bytes, Kind::Stat, 1, &Stat { path: "/a".into() }, &[]).unwrap();
         for cut in 0..bytes.len() {
             let err = read_frame(&mut &bytes[..cut], Direction::Request).unwrap_err();
-            assert!(matches!(err, FrameError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof), "cut {cut}: {err}");
+            assert!(
+                matches!(err, FrameError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof),
+                "cut {cut}: {err}"
+            );
         }
         assert!(read_frame(&mut &bytes[..], Direction::Request).is_ok());
     }

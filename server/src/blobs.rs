@@ -1,0 +1,145 @@
+//! Physical files on disk: one file per `pfiles` row under `DATA/blobs/xx/ID`, verified by hashing and synced before they count.
+//! Architecture Invariant: nothing here touches SQLite; callers order "data synced" before "progress recorded".
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+pub struct Blobs {
+    root: PathBuf,
+}
+
+/// Hashes of a whole physical file.
+pub struct Hashes {
+    pub md5: String,
+    pub sha256: String,
+}
+
+const READ_BUF: usize = 1 << 20;
+
+impl Blobs {
+    pub fn new(data_dir: &Path) -> Blobs {
+        Blobs { root: data_dir.join("blobs") }
+    }
+
+    pub fn path(&self, id: i64) -> PathBuf {
+        self.root.join(format!("{:02x}", id & 0xff)).join(id.to_string())
+    }
+
+    /// Opens the blob of an unfinished physical file for writing, creating it (sparse, at its final size) on first use.
+    pub fn open_for_upload(&self, id: i64, size: u64) -> io::Result<File> {
+        let path = self.path(id);
+        let dir = path.parent().expect("blob paths have a parent");
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        fs::create_dir_all(dir)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        file.set_len(size)?;
+        // The new name must survive a crash before any chunk is recorded as stored in it.
+        File::open(dir)?.sync_all()?;
+        Ok(file)
+    }
+
+    pub fn open_read(&self, id: i64) -> io::Result<File> {
+        File::open(self.path(id))
+    }
+
+    /// Removes a released blob. A missing one is fine (already removed, or never written).
+    pub fn remove(&self, id: i64) {
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(blob = id, error = %e, "cannot remove released blob"),
+        }
+    }
+
+    pub fn remove_all(&self, ids: &[i64]) {
+        for id in ids {
+            self.remove(*id);
+        }
+    }
+}
+
+/// md5 (lowercase hex) of `len` bytes of `file` at `offset`; short if the file ends first.
+pub fn range_md5(file: &File, offset: u64, len: u64) -> io::Result<String> {
+    let mut hasher = Md5::new();
+    each_block(file, offset, len, |block| hasher.update(block))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// md5 and SHA-256 of a whole file of `size` bytes, read back from disk (what was stored, not what was claimed).
+pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
+    let mut md5 = Md5::new();
+    let mut sha = Sha256::new();
+    let read = each_block(file, 0, size, |block| {
+        md5.update(block);
+        sha.update(block);
+    })?;
+    if read != size {
+        return Err(io::Error::other(format!("blob has {read} bytes, expected {size}")));
+    }
+    Ok(Hashes { md5: hex::encode(md5.finalize()), sha256: hex::encode(sha.finalize()) })
+}
+
+fn each_block(file: &File, mut offset: u64, len: u64, mut f: impl FnMut(&[u8])) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_BUF.min(len as usize).max(1)];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = file.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        f(&buf[..n]);
+        offset += n as u64;
+        left -= n as u64;
+    }
+    Ok(len - left)
+}
+
+/// Writes a new blob holding the first `size` bytes of `source` (zero-filled past its end), synced.
+pub fn write_resized(dest: &File, source: Option<&File>, source_size: u64, size: u64) -> io::Result<()> {
+    dest.set_len(0)?;
+    if let Some(source) = source {
+        let mut buf = vec![0u8; READ_BUF];
+        let mut offset = 0u64;
+        let keep = source_size.min(size);
+        while offset < keep {
+            let want = buf.len().min((keep - offset) as usize);
+            let n = source.read_at(&mut buf[..want], offset)?;
+            if n == 0 {
+                return Err(io::Error::other("source blob is shorter than its recorded size"));
+            }
+            dest.write_all_at(&buf[..n], offset)?;
+            offset += n as u64;
+        }
+    }
+    dest.set_len(size)?;
+    dest.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path());
+        let f = blobs.open_for_upload(300, 5).unwrap();
+        f.write_all_at(b"hello", 0).unwrap();
+        let h = hash_file(&f, 5).unwrap();
+        assert_eq!(h.md5, "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(h.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(range_md5(&f, 1, 3).unwrap(), netdisk_protocol::md5_hex(b"ell"));
+        assert!(blobs.path(300).ends_with("2c/300"));
+        assert!(hash_file(&f, 6).is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! One function per request. A `Session` is the state of one logged-in (or not yet) connection inside its child.
+//! Architecture Invariant: every UploadChunk payload is consumed exactly once, whatever the answer, so framing never breaks.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+
+use netdisk_protocol::frame::encode_message;
+use netdisk_protocol::path::components;
+use netdisk_protocol::*;
+
+use crate::blobs::{self, Blobs};
+use crate::conn::{Conn, ConnError};
+use crate::error::{fail, Error, Result};
+use crate::meta::{Content, Meta, NewFile, PFile, Upload, User, EMPTY_MD5};
+use crate::splice::{self, Pipe};
+use crate::users;
+
+/// Size of each range an ownership challenge asks the md5 of.
+const PROOF_RANGE: u64 = 64 * 1024;
+/// How many ranges a challenge names.
+const PROOF_RANGES: usize = 3;
+/// Challenges a connection may have open at once; older ones are forgotten.
+const MAX_OPEN_CHALLENGES: usize = 64;
+/// Wrong passwords a connection may try before it is closed.
+const MAX_FAILED_LOGINS: u32 = 3;
+
+/// Whether the connection goes on after a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+struct Challenge {
+    id: u64,
+    request: UploadFile,
+    ranges: Vec<ByteRange>,
+}
+
+pub struct Session {
+    meta: Meta,
+    blobs: Blobs,
+    pipe: Pipe,
+    data_dir: PathBuf,
+    chunk_size: u32,
+    user: Option<User>,
+    failed_logins: u32,
+    challenges: VecDeque<Challenge>,
+}
+
+/// Answers a request: its response, or an error response with the wire code.
+fn respond<R: Request>(conn: &mut Conn, request_id: u64, result: Result<R::Response>) -> Result<(), ConnError> {
+    match result {
+        Ok(res) => conn.send_message(R::KIND.response().expect("requests have responses"), request_id, &res),
+        Err(e) => send_error(conn, request_id, &e),
+    }
+}
+
+fn send_error(conn: &mut Conn, request_id: u64, e: &Error) -> Result<(), ConnError> {
+    if e.is_internal() {
+        tracing::error!(error = %e, "request failed");
+    } else {
+        tracing::debug!(error = %e, "request refused");
+    }
+    conn.send_message(Kind::Error, request_id, &e.to_wire())
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).expect("the OS random source works");
+    u64::from_ne_bytes(bytes)
+}
+
+/// Ranges whose md5 proves a client holds content of `size` bytes: the whole of a small file, else random windows.
+fn choose_ranges(size: u64) -> Vec<ByteRange> {
+    if size <= PROOF_RANGE * PROOF_RANGES as u64 {
+        return vec![ByteRange { offset: 0, len: size }];
+    }
+    (0..PROOF_RANGES).map(|_| ByteRange { offset: random_u64() % (size - PROOF_RANGE + 1), len: PROOF_RANGE }).collect()
+}
+
+fn check_md5(md5: &str) -> Result<()> {
+    if !is_md5_hex(md5) {
+        return fail(ErrorCode::Invalid, "md5 must be 32 lowercase hex digits");
+    }
+    Ok(())
+}
+
+enum ChunkPlan {
+    /// The chunk is not needed (stored already, or the file is complete): read and drop its bytes.
+    Skip,
+    Receive {
+        upload: Upload,
+        pfile: PFile,
+        file: File,
+    },
+}
+
+impl Session {
+    pub fn new(meta: Meta, data_dir: PathBuf, chunk_size: u32) -> std::io::Result<Session> {
+        Ok(Session {
+            meta,
+            blobs: Blobs::new(&data_dir),
+            pipe: Pipe::new()?,
+            data_dir,
+            chunk_size,
+            user: None,
+            failed_logins: 0,
+            challenges: VecDeque::new(),
+        })
+    }
+
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| u.name.as_str())
+    }
+
+    pub fn handle(&mut self, conn: &mut Conn, head: FrameHead, request: AnyRequest) -> Result<Flow, ConnError> {
+        let id = head.request_id;
+        if let AnyRequest::Login(r) = request {
+            let result = self.login(r);
+            respond::<Login>(conn, id, result)?;
+            let flow = if self.failed_logins >= MAX_FAILED_LOGINS { Flow::Close } else { Flow::Continue };
+            return Ok(flow);
+        }
+        let Some(user) = self.user.clone() else {
+            conn.discard_payload(head.payload_len as u64)?;
+            send_error(conn, id, &Error::Wire(WireError::new(ErrorCode::NotLoggedIn, "log in first")))?;
+            return Ok(Flow::Continue);
+        };
+        let u = &user;
+        match request {
+            AnyRequest::Login(_) => unreachable!("handled above"),
+            AnyRequest::UploadChunk(r) => self.upload_chunk(conn, u, id, r, head.payload_len as u64)?,
+            AnyRequest::Download(r) => return self.download(conn, u, id, r),
+            AnyRequest::GetDir(r) => {
+                let res = self.meta.list(u, &r.path, r.after.as_deref(), r.limit.clamp(1, MAX_DIR_PAGE));
+                let res = res.map(|(dir, entries, more)| GetDirRes { dir, entries, more });
+                respond::<GetDir>(conn, id, res)?
+            }
+            AnyRequest::Stat(r) => respond::<Stat>(conn, id, self.meta.stat(u, &r.path).map(|attr| StatRes { attr }))?,
+            AnyRequest::Mkdir(r) => {
+                respond::<Mkdir>(conn, id, self.meta.mkdir(u, &r.path, r.mode, r.owner).map(|attr| MkdirRes { attr }))?
+            }
+            AnyRequest::Rmdir(r) => respond::<Rmdir>(conn, id, self.meta.rmdir(u, &r.path).map(|()| RmdirRes {}))?,
+            AnyRequest::DeleteFile(r) => {
+                let res = self.meta.unlink(u, &r.path).map(|released| self.blobs.remove_all(&released));
+                respond::<DeleteFile>(conn, id, res.map(|()| DeleteFileRes {}))?
+            }
+            AnyRequest::Rename(r) => {
+                let res =
+                    self.meta.rename(u, &r.from, &r.to, r.noreplace).map(|released| self.blobs.remove_all(&released));
+                respond::<Rename>(conn, id, res.map(|()| RenameRes {}))?
+            }
+            AnyRequest::SetAttr(r) => {
+                respond::<SetAttr>(conn, id, self.set_attr(u, r).map(|attr| SetAttrRes { attr }))?
+            }
+            AnyRequest::Symlink(r) => respond::<Symlink>(
+                conn,
+                id,
+                self.meta.symlink(u, &r.path, &r.target, r.owner).map(|attr| SymlinkRes { attr }),
+            )?,
+            AnyRequest::ReadLink(r) => {
+                respond::<ReadLink>(conn, id, self.meta.readlink(u, &r.path).map(|target| ReadLinkRes { target }))?
+            }
+            AnyRequest::Link(r) => {
+                respond::<Link>(conn, id, self.meta.link(u, &r.existing, &r.new).map(|attr| LinkRes { attr }))?
+            }
+            AnyRequest::Mknod(r) => respond::<Mknod>(
+                conn,
+                id,
+                self.meta.mknod(u, &r.path, r.kind, r.mode, r.rdev, r.owner).map(|attr| MknodRes { attr }),
+            )?,
+            AnyRequest::UploadFile(r) => {
+                let res = self.upload_file(u, r);
+                respond::<UploadFile>(conn, id, res)?
+            }
+            AnyRequest::ProveOwnership(r) => {
+                let res = self.prove_ownership(u, r);
+                respond::<ProveOwnership>(conn, id, res)?
+            }
+            AnyRequest::QueryChunk(r) => {
+                let res = self.query_chunk(u, r);
+                respond::<QueryChunk>(conn, id, res)?
+            }
+            AnyRequest::StatFs(_) => respond::<StatFs>(conn, id, self.statfs(u))?,
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn login(&mut self, r: Login) -> Result<LoginRes> {
+        if self.user.is_some() {
+            return fail(ErrorCode::Invalid, "already logged in");
+        }
+        let found = self.meta.user(&r.user)?;
+        let hash = found.as_ref().map_or(users::dummy_hash(), |(_, h)| h.as_str());
+        let ok = users::verify_password(&r.password, hash);
+        match found {
+            Some((user, _)) if ok => {
+                tracing::info!(user = %user.name, "logged in");
+                let root = self.meta.attr(user.root)?;
+                self.user = Some(user);
+                Ok(LoginRes { root, chunk_size: self.chunk_size })
+            }
+            _ => {
+                self.failed_logins += 1;
+                tracing::warn!(user = %r.user, attempt = self.failed_logins, "login refused");
+                fail(ErrorCode::AuthFailed, "wrong user name or password")
+            }
+        }
+    }
+
+    // ---- uploads ----
+
+    fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
+        check_md5(&r.md5)?;
+        components(&r.path)?;
+        self.meta.check_file_target(user, &r.path)?;
+        let new = NewFile { mode: r.mode, owner: r.owner, mtime: r.mtime };
+        if r.size == 0 {
+            if r.md5 != EMPTY_MD5 {
+                return fail(ErrorCode::ChecksumMismatch, "an empty file's md5 is d41d8cd98f00b204e9800998ecf8427e");
+            }
+            let (attr, released) = self.meta.set_content(user, &r.path, Content { pfile_id: None, size: 0 }, new)?;
+            self.blobs.remove_all(&released);
+            return Ok(UploadFileRes::Instant { attr });
+        }
+        // Within one user, md5 + size is enough: the user holds that content already.
+        if let Some(pfile) = self.meta.own_complete(user, &r.md5, r.size)? {
+            if let Some((attr, released)) = self.meta.place_if_complete(user, &r.path, pfile, new)? {
+                self.blobs.remove_all(&released);
+                tracing::info!(path = %r.path, md5 = %r.md5, "instant upload (own content)");
+                return Ok(UploadFileRes::Instant { attr });
+            }
+        }
+        // The user's own unfinished upload of this content: resume it (L7: exists but incomplete -> upload).
+        if let Some(pfile) = self.meta.own_incomplete(user, &r.md5, r.size)? {
+            let (upload_id, released) = self.meta.upsert_upload(user, &r.path, pfile.id, new)?;
+            self.blobs.remove_all(&released);
+            if pfile.chunks_uploaded == pfile.total_chunks {
+                // Every chunk is stored but the file was never sealed (a crash during verification): finish now.
+                let upload = self.meta.upload(user, upload_id as u64)?;
+                let attr = self.finish(user, &upload, &pfile)?;
+                return Ok(UploadFileRes::Instant { attr });
+            }
+            return Ok(UploadFileRes::Upload {
+                upload_id: upload_id as u64,
+                chunk_size: pfile.chunk_size,
+                chunk_count: pfile.total_chunks,
+            });
+        }
+        // Anything else gets a challenge, whether or not another user holds the content, so the answer reveals nothing.
+        let challenge = Challenge { id: random_u64(), ranges: choose_ranges(r.size), request: r };
+        let res = UploadFileRes::Challenge { challenge_id: challenge.id, ranges: challenge.ranges.clone() };
+        if self.challenges.len() >= MAX_OPEN_CHALLENGES {
+            self.challenges.pop_front();
+        }
+        self.challenges.push_back(challenge);
+        Ok(res)
+    }
+
+    fn prove_ownership(&mut self, user: &User, r: ProveOwnership) -> Result<UploadFileRes> {
+        let Some(pos) = self.challenges.iter().position(|c| c.id == r.challenge_id) else {
+            return fail(ErrorCode::UnknownUpload, "no such challenge on this connection");
+        };
+        let challenge = self.challenges.remove(pos).expect("position is valid");
+        let req = &challenge.request;
+        let new = NewFile { mode: req.mode, owner: req.owner, mtime: req.mtime };
+        if let Some(pfile) = self.meta.any_complete(&req.md5, req.size)? {
+            if self.proof_holds(pfile, &challenge.ranges, &r.proofs)? {
+                if let Some((attr, released)) = self.meta.place_if_complete(user, &req.path, pfile, new)? {
+                    self.blobs.remove_all(&released);
+                    tracing::info!(path = %req.path, md5 = %req.md5, "instant upload (ownership proven)");
+                    return Ok(UploadFileRes::Instant { attr });
+                }
+            }
+        }
+        // No proof, or no such content: a normal upload, indistinguishable from the client's side.
+        let pfile = self.meta.new_pfile(user, &req.md5, req.size, self.chunk_size)?;
+        let (upload_id, released) = self.meta.upsert_upload(user, &req.path, pfile.id, new)?;
+        self.blobs.remove_all(&released);
+        Ok(UploadFileRes::Upload {
+            upload_id: upload_id as u64,
+            chunk_size: pfile.chunk_size,
+            chunk_count: pfile.total_chunks,
+        })
+    }
+
+    fn proof_holds(&self, pfile: i64, ranges: &[ByteRange], proofs: &[String]) -> Result<bool> {
+        if proofs.len() != ranges.len() {
+            return Ok(false);
+        }
+        let file = self.blobs.open_read(pfile)?;
+        for (range, proof) in ranges.iter().zip(proofs) {
+            if blobs::range_md5(&file, range.offset, range.len)? != *proof {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn query_chunk(&mut self, user: &User, r: QueryChunk) -> Result<QueryChunkRes> {
+        if r.indexes.len() > MAX_QUERY_INDEXES {
+            return fail(ErrorCode::Invalid, format!("at most {MAX_QUERY_INDEXES} indexes per query"));
+        }
+        let upload = self.meta.upload(user, r.upload_id)?;
+        let pfile = self
+            .meta
+            .pfile(upload.pfile_id)?
+            .ok_or_else(|| WireError::new(ErrorCode::UnknownUpload, "upload is gone"))?;
+        if pfile.complete {
+            return Ok(QueryChunkRes { needed: Vec::new() });
+        }
+        let needed = r.indexes.into_iter().filter(|i| *i < pfile.total_chunks && !pfile.has_chunk(*i)).collect();
+        Ok(QueryChunkRes { needed })
+    }
+
+    fn plan_chunk(&self, user: &User, r: &UploadChunk, payload_len: u64) -> Result<ChunkPlan> {
+        check_md5(&r.md5)?;
+        let upload = self.meta.upload(user, r.upload_id)?;
+        let pfile = self
+            .meta
+            .pfile(upload.pfile_id)?
+            .ok_or_else(|| WireError::new(ErrorCode::UnknownUpload, "upload is gone"))?;
+        if r.index >= pfile.total_chunks {
+            return fail(
+                ErrorCode::Invalid,
+                format!("chunk {} out of range (file has {})", r.index, pfile.total_chunks),
+            );
+        }
+        if payload_len != pfile.chunk_len(r.index) {
+            return fail(
+                ErrorCode::Invalid,
+                format!("chunk {} must be {} bytes, not {payload_len}", r.index, pfile.chunk_len(r.index)),
+            );
+        }
+        if pfile.complete || pfile.has_chunk(r.index) {
+            return Ok(ChunkPlan::Skip);
+        }
+        let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
+        Ok(ChunkPlan::Receive { upload, pfile, file })
+    }
+
+    fn upload_chunk(
+        &mut self,
+        conn: &mut Conn,
+        user: &User,
+        id: u64,
+        r: UploadChunk,
+        payload_len: u64,
+    ) -> Result<(), ConnError> {
+        let (upload, pfile, file) = match self.plan_chunk(user, &r, payload_len) {
+            Ok(ChunkPlan::Receive { upload, pfile, file }) => (upload, pfile, file),
+            Ok(ChunkPlan::Skip) => {
+                conn.discard_payload(payload_len)?;
+                return respond::<UploadChunk>(conn, id, Ok(UploadChunkRes { index: r.index, complete: None }));
+            }
+            Err(e) => {
+                conn.discard_payload(payload_len)?;
+                return send_error(conn, id, &e);
+            }
+        };
+        let offset = r.index as u64 * pfile.chunk_size as u64;
+        if let Err(e) = splice::receive_to_file(conn, &mut self.pipe, &file, offset, payload_len)? {
+            return send_error(conn, id, &Error::Io(e));
+        }
+        let result = self.store_chunk(user, &upload, &pfile, &file, &r, offset, payload_len);
+        respond::<UploadChunk>(conn, id, result)
+    }
+
+    /// A chunk's bytes have landed: check them, sync them, then record them; the last one finishes the file.
+    #[allow(clippy::too_many_arguments)]
+    fn store_chunk(
+        &mut self,
+        user: &User,
+        upload: &Upload,
+        pfile: &PFile,
+        file: &File,
+        r: &UploadChunk,
+        offset: u64,
+        len: u64,
+    ) -> Result<UploadChunkRes> {
+        if blobs::range_md5(file, offset, len)? != r.md5 {
+            return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its md5", r.index));
+        }
+        file.sync_data()?;
+        let pfile = self.meta.mark_chunk(pfile.id, r.index)?;
+        if pfile.chunks_uploaded < pfile.total_chunks {
+            return Ok(UploadChunkRes { index: r.index, complete: None });
+        }
+        let attr = self.finish(user, upload, &pfile)?;
+        Ok(UploadChunkRes { index: r.index, complete: Some(attr) })
+    }
+
+    /// Every chunk is stored: recompute md5 and SHA-256 from disk, sync, seal, and place the file at its path.
+    fn finish(&mut self, user: &User, upload: &Upload, pfile: &PFile) -> Result<Attr> {
+        let file = self.blobs.open_read(pfile.id)?;
+        let hashes = blobs::hash_file(&file, pfile.size)?;
+        if hashes.md5 != pfile.md5 {
+            tracing::warn!(path = %upload.path, declared = %pfile.md5, actual = %hashes.md5, "upload does not match its md5; discarded");
+            self.meta.discard_pfile(pfile.id)?;
+            self.blobs.remove(pfile.id);
+            return fail(
+                ErrorCode::ChecksumMismatch,
+                "the uploaded bytes do not match the file's md5; upload discarded",
+            );
+        }
+        file.sync_all()?;
+        let (sealed, released) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?;
+        self.blobs.remove_all(&released);
+        let (placed, released) = self.meta.finish_upload(user, upload, sealed)?;
+        self.blobs.remove_all(&released);
+        let attr = placed?;
+        tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, "upload complete");
+        Ok(attr)
+    }
+
+    // ---- reading ----
+
+    fn download(&mut self, conn: &mut Conn, user: &User, id: u64, r: Download) -> Result<Flow, ConnError> {
+        let opened = self.meta.file_content(user, &r.path).and_then(|(attr, pfile)| {
+            let len = attr.size.saturating_sub(r.offset).min(r.len.min(MAX_PAYLOAD) as u64);
+            let file = match (pfile, len) {
+                (Some(p), 1..) => Some(self.blobs.open_read(p)?),
+                _ => None,
+            };
+            Ok((attr, file, len))
+        });
+        let (attr, file, len) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                send_error(conn, id, &e)?;
+                return Ok(Flow::Continue);
+            }
+        };
+        let res = DownloadRes { md5: attr.md5.unwrap_or_default(), size: attr.size, offset: r.offset };
+        conn.send(&encode_message(Kind::DownloadRes, id, &res, len as u32))?;
+        if let Some(file) = file {
+            splice::send_from_file(conn, &mut self.pipe, &file, r.offset, len)?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    // ---- attributes ----
+
+    fn set_attr(&mut self, user: &User, r: SetAttr) -> Result<Attr> {
+        if let Some(size) = r.size {
+            self.truncate(user, &r.path, size)?;
+        }
+        self.meta.set_attr(user, &r)
+    }
+
+    /// Gives a regular file new content: its first `size` bytes, zero-filled past the old end.
+    fn truncate(&mut self, user: &User, path: &str, size: u64) -> Result<()> {
+        let (attr, old) = self.meta.file_content(user, path)?;
+        if size == attr.size {
+            return Ok(());
+        }
+        let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
+        let content = if size == 0 {
+            Content { pfile_id: None, size: 0 }
+        } else {
+            let pfile = self.meta.new_pfile(user, "", size, self.chunk_size)?;
+            let built = (|| -> Result<i64> {
+                let dest = self.blobs.open_for_upload(pfile.id, size)?;
+                let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
+                blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
+                let hashes = blobs::hash_file(&dest, size)?;
+                let (sealed, released) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?;
+                self.blobs.remove_all(&released);
+                Ok(sealed)
+            })();
+            match built {
+                Ok(sealed) => Content { pfile_id: Some(sealed), size },
+                Err(e) => {
+                    self.meta.discard_pfile(pfile.id)?;
+                    self.blobs.remove(pfile.id);
+                    return Err(e);
+                }
+            }
+        };
+        let (_, released) = self.meta.set_content(user, path, content, keep)?;
+        self.blobs.remove_all(&released);
+        Ok(())
+    }
+
+    fn statfs(&self, user: &User) -> Result<StatFsRes> {
+        let vfs = nix::sys::statvfs::statvfs(&self.data_dir)?;
+        let files = self.meta.node_count(user)?;
+        Ok(StatFsRes {
+            block_size: vfs.fragment_size() as u32,
+            blocks: vfs.blocks() as u64,
+            blocks_free: vfs.blocks_free() as u64,
+            blocks_available: vfs.blocks_available() as u64,
+            files: files + vfs.files_free() as u64,
+            files_free: vfs.files_free() as u64,
+            name_max: MAX_NAME as u32,
+        })
+    }
+}

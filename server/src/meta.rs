@@ -1,0 +1,1080 @@
+//! Metadata in SQLite: users, the POSIX tree of each user (nodes and entries), physical files and uploads.
+//! Architecture Invariant: every transaction that writes is IMMEDIATE; a connection is opened after fork, never carried across.
+//! Architecture Invariant: an entry never points at an incomplete physical file (L8 holds by construction).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use netdisk_protocol::path::components;
+use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::error::{fail, Result};
+
+/// md5 of zero bytes: the content of every empty file.
+pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    root          INTEGER NOT NULL,
+    created       INTEGER NOT NULL
+);
+-- One row per file, directory, symlink or special file. ids are never reused (AUTOINCREMENT).
+CREATE TABLE nodes (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id  INTEGER NOT NULL,
+    kind     INTEGER NOT NULL,
+    mode     INTEGER NOT NULL,
+    uid      INTEGER NOT NULL,
+    gid      INTEGER NOT NULL,
+    nlink    INTEGER NOT NULL,
+    size     INTEGER NOT NULL DEFAULT 0,
+    atime_s  INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+    mtime_s  INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_s  INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    rdev     INTEGER NOT NULL DEFAULT 0,
+    target   TEXT,
+    pfile_id INTEGER
+);
+CREATE INDEX nodes_user_pfile ON nodes(user_id, pfile_id);
+CREATE INDEX nodes_pfile ON nodes(pfile_id);
+-- Names in directories. Listing order is by name (bytewise), stable across pages.
+CREATE TABLE entries (
+    parent INTEGER NOT NULL,
+    name   TEXT NOT NULL,
+    node   INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX entries_node ON entries(node);
+-- Physical files (L7): content by md5, with chunk progress. An incomplete one belongs to the upload of one user.
+CREATE TABLE pfiles (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    md5             TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    sha256          TEXT,
+    chunk_size      INTEGER NOT NULL,
+    total_chunks    INTEGER NOT NULL,
+    chunks_uploaded INTEGER NOT NULL DEFAULT 0,
+    chunk_map       BLOB NOT NULL,
+    complete        INTEGER NOT NULL DEFAULT 0,
+    uploader        INTEGER,
+    refs            INTEGER NOT NULL DEFAULT 0,
+    created         INTEGER NOT NULL
+);
+CREATE INDEX pfiles_content ON pfiles(md5, size, complete);
+CREATE INDEX pfiles_uploader ON pfiles(uploader, md5, size);
+-- Uploads in progress: where the content goes once its physical file is complete.
+CREATE TABLE uploads (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id  INTEGER NOT NULL,
+    path     TEXT NOT NULL,
+    pfile_id INTEGER NOT NULL,
+    mode     INTEGER NOT NULL,
+    uid      INTEGER NOT NULL,
+    gid      INTEGER NOT NULL,
+    mtime_s  INTEGER,
+    mtime_ns INTEGER,
+    created  INTEGER NOT NULL,
+    UNIQUE (user_id, path)
+);
+CREATE INDEX uploads_pfile ON uploads(pfile_id);
+";
+
+pub fn now() -> Timespec {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+}
+
+fn kind_to_int(kind: NodeKind) -> i64 {
+    match kind {
+        NodeKind::File => 1,
+        NodeKind::Dir => 2,
+        NodeKind::Symlink => 3,
+        NodeKind::Fifo => 4,
+        NodeKind::Socket => 5,
+        NodeKind::CharDevice => 6,
+        NodeKind::BlockDevice => 7,
+    }
+}
+
+fn kind_from_int(v: i64) -> NodeKind {
+    match v {
+        1 => NodeKind::File,
+        2 => NodeKind::Dir,
+        3 => NodeKind::Symlink,
+        4 => NodeKind::Fifo,
+        5 => NodeKind::Socket,
+        6 => NodeKind::CharDevice,
+        _ => NodeKind::BlockDevice,
+    }
+}
+
+/// A logged-in user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub root: i64,
+}
+
+/// A physical file's row.
+#[derive(Clone, Debug)]
+pub struct PFile {
+    pub id: i64,
+    pub md5: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub total_chunks: u32,
+    pub chunks_uploaded: u32,
+    pub chunk_map: Vec<u8>,
+    pub complete: bool,
+}
+
+impl PFile {
+    pub fn has_chunk(&self, index: u32) -> bool {
+        self.chunk_map.get(index as usize / 8).is_some_and(|b| b & (1 << (index % 8)) != 0)
+    }
+
+    /// Byte length of chunk `index`.
+    pub fn chunk_len(&self, index: u32) -> u64 {
+        let start = index as u64 * self.chunk_size as u64;
+        (self.size - start.min(self.size)).min(self.chunk_size as u64)
+    }
+}
+
+/// An upload in progress.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub id: i64,
+    pub path: String,
+    pub pfile_id: i64,
+    pub mode: u32,
+    pub owner: Owner,
+    pub mtime: Option<Timespec>,
+}
+
+/// New content for a regular file: a complete physical file, or none for an empty file.
+#[derive(Clone, Copy, Debug)]
+pub struct Content {
+    pub pfile_id: Option<i64>,
+    pub size: u64,
+}
+
+/// How to create a regular file that does not exist yet, and the mtime to record.
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile {
+    pub mode: u32,
+    pub owner: Owner,
+    pub mtime: Option<Timespec>,
+}
+
+/// Physical files that lost their last reference in a committed transaction: their blobs are to be removed.
+pub type Released = Vec<i64>;
+
+pub struct Meta {
+    conn: Connection,
+}
+
+/// A node that is not a directory and has no content: symlink, special file, empty regular file.
+struct Leaf<'a> {
+    kind: NodeKind,
+    mode: u32,
+    owner: Owner,
+    target: Option<&'a str>,
+    rdev: u64,
+}
+
+struct Node {
+    id: i64,
+    kind: NodeKind,
+    nlink: i64,
+    pfile_id: Option<i64>,
+}
+
+impl Meta {
+    /// Opens (creating and migrating if needed) the database of a data directory.
+    /// Another process setting the database up at the same moment makes this wait, not fail.
+    pub fn open(path: &Path) -> Result<Meta> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Meta::try_open(path) {
+                Err(crate::error::Error::Db(rusqlite::Error::SqliteFailure(f, _)))
+                    if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<Meta> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
+        // FULL: a committed transaction (an acknowledged upload) survives power loss, not just a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut meta = Meta { conn };
+        meta.migrate()?;
+        Ok(meta)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(crate::error::Error::Io(std::io::Error::other(format!(
+                "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
+            ))));
+        }
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<Transaction<'_>> {
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    // ---- users ----
+
+    pub fn add_user(&mut self, name: &str, password_hash: &str) -> Result<i64> {
+        let tx = self.write()?;
+        let exists: Option<i64> =
+            tx.query_row("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0)).optional()?;
+        if exists.is_some() {
+            return fail(ErrorCode::Exists, format!("user {name} exists already"));
+        }
+        let t = now();
+        let root = insert_node(&tx, 0, NodeKind::Dir, 0o755, Owner::default(), 2, t, None, 0)?;
+        tx.execute(
+            "INSERT INTO users (name, password_hash, root, created) VALUES (?, ?, ?, ?)",
+            params![name, password_hash, root, t.sec],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute("UPDATE nodes SET user_id = ? WHERE id = ?", params![id, root])?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The user and their password hash.
+    pub fn user(&self, name: &str) -> Result<Option<(User, String)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, root, password_hash FROM users WHERE name = ?", [name], |r| {
+                Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)? }, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    // ---- reading the tree ----
+
+    pub fn attr(&self, node: i64) -> Result<Attr> {
+        attr_of(&self.conn, node)
+    }
+
+    pub fn stat(&self, user: &User, path: &str) -> Result<Attr> {
+        let node = resolve(&self.conn, user, path)?;
+        attr_of(&self.conn, node.id)
+    }
+
+    /// A page of a directory, sorted by name, after `after`.
+    pub fn list(
+        &self,
+        user: &User,
+        path: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Attr, Vec<DirEntry>, bool)> {
+        let dir = resolve(&self.conn, user, path)?;
+        if dir.kind != NodeKind::Dir {
+            return fail(ErrorCode::NotDir, format!("{path} is not a directory"));
+        }
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT e.name, {ATTR_COLUMNS} FROM entries e JOIN nodes n ON n.id = e.node
+             LEFT JOIN pfiles p ON p.id = n.pfile_id
+             WHERE e.parent = ?1 AND e.name > ?2 ORDER BY e.name LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![dir.id, after.unwrap_or(""), limit as i64 + 1], |r| {
+            Ok(DirEntry { name: r.get(0)?, attr: attr_from_row(r, 1)? })
+        })?;
+        let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        Ok((attr_of(&self.conn, dir.id)?, entries, more))
+    }
+
+    pub fn readlink(&self, user: &User, path: &str) -> Result<String> {
+        let node = resolve(&self.conn, user, path)?;
+        let target: Option<String> =
+            self.conn.query_row("SELECT target FROM nodes WHERE id = ?", [node.id], |r| r.get(0))?;
+        match (node.kind, target) {
+            (NodeKind::Symlink, Some(t)) => Ok(t),
+            _ => fail(ErrorCode::Invalid, format!("{path} is not a symlink")),
+        }
+    }
+
+    /// The content of a regular file: its physical file (if any) and size.
+    pub fn file_content(&self, user: &User, path: &str) -> Result<(Attr, Option<i64>)> {
+        let node = resolve(&self.conn, user, path)?;
+        match node.kind {
+            NodeKind::File => Ok((attr_of(&self.conn, node.id)?, node.pfile_id)),
+            NodeKind::Dir => fail(ErrorCode::IsDir, format!("{path} is a directory")),
+            _ => fail(ErrorCode::Invalid, format!("{path} is not a regular file")),
+        }
+    }
+
+    /// Counts for statfs: (nodes of this user).
+    pub fn node_count(&self, user: &User) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM nodes WHERE user_id = ?", [user.id], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    // ---- changing the tree ----
+
+    pub fn mkdir(&mut self, user: &User, path: &str, mode: u32, owner: Owner) -> Result<Attr> {
+        let tx = self.write()?;
+        let (parent, name) = resolve_parent(&tx, user, path)?;
+        if lookup(&tx, parent, name)?.is_some() {
+            return fail(ErrorCode::Exists, format!("{path} exists"));
+        }
+        let t = now();
+        let node = insert_node(&tx, user.id, NodeKind::Dir, mode, owner, 2, t, None, 0)?;
+        add_entry(&tx, parent, name, node, t)?;
+        tx.execute("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [parent])?;
+        let attr = attr_of(&tx, node)?;
+        tx.commit()?;
+        Ok(attr)
+    }
+
+    pub fn symlink(&mut self, user: &User, path: &str, target: &str, owner: Owner) -> Result<Attr> {
+        if target.is_empty() || target.len() > netdisk_protocol::MAX_PATH || target.contains('\0') {
+            return fail(ErrorCode::Invalid, "bad symlink target");
+        }
+        self.create_leaf(
+            user,
+            path,
+            Leaf { kind: NodeKind::Symlink, mode: 0o777, owner, target: Some(target), rdev: 0 },
+        )
+    }
+
+    pub fn mknod(
+        &mut self,
+        user: &User,
+        path: &str,
+        kind: NodeKind,
+        mode: u32,
+        rdev: u64,
+        owner: Owner,
+    ) -> Result<Attr> {
+        let rdev = match kind {
+            NodeKind::CharDevice | NodeKind::BlockDevice => rdev,
+            NodeKind::Fifo | NodeKind::Socket => 0,
+            NodeKind::File => return self.create_empty_file(user, path, mode, owner),
+            NodeKind::Dir | NodeKind::Symlink => {
+                return fail(ErrorCode::Invalid, "mknod makes fifos, sockets, devices and files")
+            }
+        };
+        self.create_leaf(user, path, Leaf { kind, mode, owner, target: None, rdev })
+    }
+
+    /// Creates an empty regular file (`EEXIST` if the name is taken).
+    pub fn create_empty_file(&mut self, user: &User, path: &str, mode: u32, owner: Owner) -> Result<Attr> {
+        self.create_leaf(user, path, Leaf { kind: NodeKind::File, mode, owner, target: None, rdev: 0 })
+    }
+
+    fn create_leaf(&mut self, user: &User, path: &str, leaf: Leaf<'_>) -> Result<Attr> {
+        let tx = self.write()?;
+        let (parent, name) = resolve_parent(&tx, user, path)?;
+        if lookup(&tx, parent, name)?.is_some() {
+            return fail(ErrorCode::Exists, format!("{path} exists"));
+        }
+        let t = now();
+        let node = insert_node(&tx, user.id, leaf.kind, leaf.mode, leaf.owner, 1, t, leaf.target, leaf.rdev)?;
+        if let Some(target) = leaf.target {
+            tx.execute("UPDATE nodes SET size = ? WHERE id = ?", params![target.len() as i64, node])?;
+        }
+        add_entry(&tx, parent, name, node, t)?;
+        let attr = attr_of(&tx, node)?;
+        tx.commit()?;
+        Ok(attr)
+    }
+
+    pub fn link(&mut self, user: &User, existing: &str, new: &str) -> Result<Attr> {
+        let tx = self.write()?;
+        let node = resolve(&tx, user, existing)?;
+        if node.kind == NodeKind::Dir {
+            return fail(ErrorCode::NotPermitted, "hard links to directories are not allowed");
+        }
+        let (parent, name) = resolve_parent(&tx, user, new)?;
+        if lookup(&tx, parent, name)?.is_some() {
+            return fail(ErrorCode::Exists, format!("{new} exists"));
+        }
+        let t = now();
+        add_entry(&tx, parent, name, node.id, t)?;
+        tx.execute(
+            "UPDATE nodes SET nlink = nlink + 1, ctime_s = ?, ctime_ns = ? WHERE id = ?",
+            params![t.sec, t.nsec, node.id],
+        )?;
+        let attr = attr_of(&tx, node.id)?;
+        tx.commit()?;
+        Ok(attr)
+    }
+
+    /// Removes a name that is not a directory (unlink).
+    pub fn unlink(&mut self, user: &User, path: &str) -> Result<Released> {
+        let tx = self.write()?;
+        let (parent, name) = resolve_parent(&tx, user, path)?;
+        let node = lookup(&tx, parent, name)?.ok_or_else(|| not_found(path))?;
+        if node.kind == NodeKind::Dir {
+            return fail(ErrorCode::IsDir, format!("{path} is a directory"));
+        }
+        let t = now();
+        remove_entry(&tx, parent, name, t)?;
+        let released = drop_link(&tx, &node, t)?;
+        tx.commit()?;
+        Ok(released)
+    }
+
+    pub fn rmdir(&mut self, user: &User, path: &str) -> Result<()> {
+        let tx = self.write()?;
+        let (parent, name) = resolve_parent(&tx, user, path)?;
+        let node = lookup(&tx, parent, name)?.ok_or_else(|| not_found(path))?;
+        if node.kind != NodeKind::Dir {
+            return fail(ErrorCode::NotDir, format!("{path} is not a directory"));
+        }
+        if has_entries(&tx, node.id)? {
+            return fail(ErrorCode::NotEmpty, format!("{path} is not empty"));
+        }
+        let t = now();
+        remove_entry(&tx, parent, name, t)?;
+        tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [parent])?;
+        tx.execute("DELETE FROM nodes WHERE id = ?", [node.id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Atomic rename of a file or a whole directory (its subtree moves with it).
+    pub fn rename(&mut self, user: &User, from: &str, to: &str, noreplace: bool) -> Result<Released> {
+        let tx = self.write()?;
+        let (from_parent, from_name) = resolve_parent(&tx, user, from)?;
+        let node = lookup(&tx, from_parent, from_name)?.ok_or_else(|| not_found(from))?;
+        let (to_parent, to_name) = resolve_parent(&tx, user, to)?;
+        if node.kind == NodeKind::Dir && is_ancestor_or_self(&tx, node.id, to_parent)? {
+            return fail(ErrorCode::Invalid, format!("cannot move {from} into itself"));
+        }
+        let existing = lookup(&tx, to_parent, to_name)?;
+        let t = now();
+        let mut released = Vec::new();
+        if let Some(target) = &existing {
+            if noreplace {
+                return fail(ErrorCode::Exists, format!("{to} exists"));
+            }
+            if target.id == node.id {
+                // Two names of one node (or the same name): nothing to do, as rename(2) says.
+                tx.commit()?;
+                return Ok(released);
+            }
+            match (node.kind == NodeKind::Dir, target.kind == NodeKind::Dir) {
+                (true, false) => return fail(ErrorCode::NotDir, format!("{to} is not a directory")),
+                (false, true) => return fail(ErrorCode::IsDir, format!("{to} is a directory")),
+                (true, true) => {
+                    if has_entries(&tx, target.id)? {
+                        return fail(ErrorCode::NotEmpty, format!("{to} is not empty"));
+                    }
+                    remove_entry(&tx, to_parent, to_name, t)?;
+                    tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [to_parent])?;
+                    tx.execute("DELETE FROM nodes WHERE id = ?", [target.id])?;
+                }
+                (false, false) => {
+                    remove_entry(&tx, to_parent, to_name, t)?;
+                    released = drop_link(&tx, target, t)?;
+                }
+            }
+        }
+        remove_entry(&tx, from_parent, from_name, t)?;
+        add_entry(&tx, to_parent, to_name, node.id, t)?;
+        if node.kind == NodeKind::Dir && from_parent != to_parent {
+            tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [from_parent])?;
+            tx.execute("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [to_parent])?;
+        }
+        tx.execute("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
+        tx.commit()?;
+        Ok(released)
+    }
+
+    /// Changes mode, owner and times (size goes through [`Meta::set_content`]).
+    pub fn set_attr(&mut self, user: &User, r: &SetAttr) -> Result<Attr> {
+        let tx = self.write()?;
+        let node = resolve(&tx, user, &r.path)?;
+        let t = now();
+        let at = |s: SetTime| match s {
+            SetTime::Now => t,
+            SetTime::At(ts) => ts,
+        };
+        if let Some(mode) = r.mode {
+            tx.execute("UPDATE nodes SET mode = ? WHERE id = ?", params![mode & 0o7777, node.id])?;
+        }
+        if let Some(uid) = r.uid {
+            tx.execute("UPDATE nodes SET uid = ? WHERE id = ?", params![uid, node.id])?;
+        }
+        if let Some(gid) = r.gid {
+            tx.execute("UPDATE nodes SET gid = ? WHERE id = ?", params![gid, node.id])?;
+        }
+        if let Some(a) = r.atime.map(at) {
+            check_time(a)?;
+            tx.execute("UPDATE nodes SET atime_s = ?, atime_ns = ? WHERE id = ?", params![a.sec, a.nsec, node.id])?;
+        }
+        if let Some(m) = r.mtime.map(at) {
+            check_time(m)?;
+            tx.execute("UPDATE nodes SET mtime_s = ?, mtime_ns = ? WHERE id = ?", params![m.sec, m.nsec, node.id])?;
+        }
+        tx.execute("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
+        let attr = attr_of(&tx, node.id)?;
+        tx.commit()?;
+        Ok(attr)
+    }
+
+    /// Gives the regular file at `path` new content, creating it (with `new`) if the name is free.
+    /// The node keeps its id when it exists. Returns its attributes and physical files to release.
+    pub fn set_content(&mut self, user: &User, path: &str, content: Content, new: NewFile) -> Result<(Attr, Released)> {
+        let tx = self.write()?;
+        let result = place_content(&tx, user, path, content, new)?;
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Checks that `path` could receive file content (parent is a directory, the name is free or a regular file).
+    pub fn check_file_target(&self, user: &User, path: &str) -> Result<()> {
+        let (parent, name) = resolve_parent(&self.conn, user, path)?;
+        match lookup(&self.conn, parent, name)? {
+            Some(n) if n.kind == NodeKind::Dir => fail(ErrorCode::IsDir, format!("{path} is a directory")),
+            Some(n) if n.kind != NodeKind::File => {
+                fail(ErrorCode::Exists, format!("{path} exists and is not a regular file"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    // ---- physical files and uploads ----
+
+    pub fn pfile(&self, id: i64) -> Result<Option<PFile>> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)
+            .optional()?)
+    }
+
+    /// A complete physical file with this md5 and size that this user's tree already refers to.
+    pub fn own_complete(&self, user: &User, md5: &str, size: u64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT p.id FROM nodes n JOIN pfiles p ON p.id = n.pfile_id
+                 WHERE n.user_id = ? AND p.md5 = ? AND p.size = ? AND p.complete = 1 LIMIT 1",
+                params![user.id, md5, size as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// A complete physical file with this md5 and size, whoever holds it.
+    pub fn any_complete(&self, md5: &str, size: u64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND complete = 1 LIMIT 1",
+                params![md5, size as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// This user's unfinished physical file for this md5 and size (to resume).
+    pub fn own_incomplete(&self, user: &User, md5: &str, size: u64) -> Result<Option<PFile>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE uploader = ? AND md5 = ? AND size = ? AND complete = 0 LIMIT 1"),
+                params![user.id, md5, size as i64],
+                pfile_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Creates an incomplete physical file owned by this user's upload.
+    pub fn new_pfile(&mut self, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
+        let total = size.div_ceil(chunk_size as u64);
+        let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
+        let map = vec![0u8; (total as usize).div_ceil(8)];
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT INTO pfiles (md5, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            params![md5, size as i64, chunk_size, total, map, user.id, now().sec],
+        )?;
+        let id = tx.last_insert_rowid();
+        let pfile = tx.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?;
+        tx.commit()?;
+        Ok(pfile)
+    }
+
+    /// Records (or replaces) this user's upload to `path`. A replaced upload's unfinished file is released if nothing else uses it.
+    pub fn upsert_upload(&mut self, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
+        let tx = self.write()?;
+        let old: Option<i64> = tx
+            .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        tx.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+        let (ms, mns) = match new.mtime {
+            Some(t) => (Some(t.sec), Some(t.nsec)),
+            None => (None, None),
+        };
+        tx.execute(
+            "INSERT INTO uploads (user_id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params![user.id, path, pfile_id, new.mode, new.owner.uid, new.owner.gid, ms, mns, now().sec],
+        )?;
+        let id = tx.last_insert_rowid();
+        let mut released = Vec::new();
+        if let Some(old) = old.filter(|old| *old != pfile_id) {
+            released = release_if_orphan_upload(&tx, old)?;
+        }
+        tx.commit()?;
+        Ok((id, released))
+    }
+
+    pub fn upload(&self, user: &User, upload_id: u64) -> Result<Upload> {
+        self.conn
+            .query_row(
+                "SELECT id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns FROM uploads WHERE id = ? AND user_id = ?",
+                params![upload_id as i64, user.id],
+                |r| {
+                    let mtime = match (r.get::<_, Option<i64>>(6)?, r.get::<_, Option<u32>>(7)?) {
+                        (Some(sec), Some(nsec)) => Some(Timespec { sec, nsec }),
+                        _ => None,
+                    };
+                    Ok(Upload {
+                        id: r.get(0)?,
+                        path: r.get(1)?,
+                        pfile_id: r.get(2)?,
+                        mode: r.get(3)?,
+                        owner: Owner { uid: r.get(4)?, gid: r.get(5)? },
+                        mtime,
+                    })
+                },
+            )
+            .optional()?
+            .map_or_else(|| fail(ErrorCode::UnknownUpload, format!("no upload {upload_id}")), Ok)
+    }
+
+    /// Marks a chunk as stored (its data is synced). Returns the updated physical file.
+    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32) -> Result<PFile> {
+        let tx = self.write()?;
+        let mut pfile =
+            tx.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)?;
+        if !pfile.has_chunk(index) {
+            pfile.chunk_map[index as usize / 8] |= 1 << (index % 8);
+            pfile.chunks_uploaded += 1;
+            tx.execute(
+                "UPDATE pfiles SET chunk_map = ?, chunks_uploaded = ? WHERE id = ?",
+                params![pfile.chunk_map, pfile.chunks_uploaded, pfile_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(pfile)
+    }
+
+    /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.
+    pub fn discard_pfile(&mut self, pfile_id: i64) -> Result<()> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
+        tx.execute("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Seals a verified physical file: marks it complete, or, when the same content (md5, sha256, size)
+    /// is complete already, returns that one and releases this duplicate.
+    pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<(i64, Released)> {
+        let tx = self.write()?;
+        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0))?;
+        let twin: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND sha256 = ? AND complete = 1 AND id != ? LIMIT 1",
+                params![md5, size, sha256, pfile_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let result = match twin {
+            Some(twin) => {
+                tx.execute("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
+                tx.execute("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
+                (twin, vec![pfile_id])
+            }
+            None => {
+                tx.execute(
+                    "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, uploader = NULL WHERE id = ?",
+                    params![md5, sha256, pfile_id],
+                )?;
+                (pfile_id, Vec::new())
+            }
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Places a finished upload's content at its path and forgets the upload.
+    /// If the path cannot take it any more (its directory was removed meanwhile), the upload is dropped and the
+    /// inner result says why. A complete physical file that ends up with no reference is released either way.
+    pub fn finish_upload(&mut self, user: &User, upload: &Upload, pfile_id: i64) -> Result<(Result<Attr>, Released)> {
+        let tx = self.write()?;
+        let size: i64 =
+            tx.query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))?;
+        let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
+        let placed =
+            place_content(&tx, user, &upload.path, Content { pfile_id: Some(pfile_id), size: size as u64 }, new);
+        match placed {
+            Ok((attr, mut released)) => {
+                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+                released.extend(release_if_unreferenced(&tx, pfile_id)?);
+                tx.commit()?;
+                Ok((Ok(attr), released))
+            }
+            Err(e) => {
+                tx.rollback()?;
+                let tx = self.write()?;
+                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+                let released = release_if_unreferenced(&tx, pfile_id)?;
+                tx.commit()?;
+                Ok((Err(e), released))
+            }
+        }
+    }
+
+    /// Instant upload: refers to a complete physical file from `path`, if it is still complete (a concurrent delete may have released it).
+    pub fn place_if_complete(
+        &mut self,
+        user: &User,
+        path: &str,
+        pfile_id: i64,
+        new: NewFile,
+    ) -> Result<Option<(Attr, Released)>> {
+        let tx = self.write()?;
+        let size: Option<i64> = tx
+            .query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))
+            .optional()?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        let result = place_content(&tx, user, path, Content { pfile_id: Some(pfile_id), size: size as u64 }, new)?;
+        tx.commit()?;
+        Ok(Some(result))
+    }
+}
+
+// ---- helpers that run inside a transaction (or on the plain connection for reads) ----
+
+const ATTR_COLUMNS: &str = "n.id, n.kind, n.mode, n.uid, n.gid, n.nlink, n.size, n.atime_s, n.atime_ns, \
+                            n.mtime_s, n.mtime_ns, n.ctime_s, n.ctime_ns, n.rdev, p.md5";
+
+const PFILE_COLUMNS: &str = "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete";
+
+fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
+    Ok(PFile {
+        id: r.get(0)?,
+        md5: r.get(1)?,
+        size: r.get::<_, i64>(2)? as u64,
+        chunk_size: r.get(3)?,
+        total_chunks: r.get(4)?,
+        chunks_uploaded: r.get(5)?,
+        chunk_map: r.get(6)?,
+        complete: r.get(7)?,
+    })
+}
+
+fn attr_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Attr> {
+    let kind = kind_from_int(r.get(at + 1)?);
+    let md5: Option<String> = r.get(at + 14)?;
+    Ok(Attr {
+        ino: r.get::<_, i64>(at)? as u64,
+        kind,
+        mode: r.get(at + 2)?,
+        uid: r.get(at + 3)?,
+        gid: r.get(at + 4)?,
+        nlink: r.get(at + 5)?,
+        size: r.get::<_, i64>(at + 6)? as u64,
+        atime: Timespec { sec: r.get(at + 7)?, nsec: r.get(at + 8)? },
+        mtime: Timespec { sec: r.get(at + 9)?, nsec: r.get(at + 10)? },
+        ctime: Timespec { sec: r.get(at + 11)?, nsec: r.get(at + 12)? },
+        rdev: r.get::<_, i64>(at + 13)? as u64,
+        md5: match kind {
+            NodeKind::File => Some(md5.unwrap_or_else(|| EMPTY_MD5.to_string())),
+            _ => None,
+        },
+    })
+}
+
+fn attr_of(conn: &Connection, node: i64) -> Result<Attr> {
+    Ok(conn.query_row(
+        &format!("SELECT {ATTR_COLUMNS} FROM nodes n LEFT JOIN pfiles p ON p.id = n.pfile_id WHERE n.id = ?"),
+        [node],
+        |r| attr_from_row(r, 0),
+    )?)
+}
+
+fn not_found(path: &str) -> crate::error::Error {
+    crate::error::Error::Wire(netdisk_protocol::WireError::new(
+        ErrorCode::NotFound,
+        format!("{path}: no such file or directory"),
+    ))
+}
+
+fn check_time(t: Timespec) -> Result<()> {
+    if t.nsec >= 1_000_000_000 {
+        return fail(ErrorCode::Invalid, "nanoseconds out of range");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_node(
+    conn: &Connection,
+    user_id: i64,
+    kind: NodeKind,
+    mode: u32,
+    owner: Owner,
+    nlink: i64,
+    t: Timespec,
+    target: Option<&str>,
+    rdev: u64,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO nodes (user_id, kind, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, rdev, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7, ?8, ?7, ?8, ?9, ?10)",
+        params![user_id, kind_to_int(kind), mode & 0o7777, owner.uid, owner.gid, nlink, t.sec, t.nsec, rdev as i64, target],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn lookup(conn: &Connection, parent: i64, name: &str) -> Result<Option<Node>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT n.id, n.kind, n.nlink, n.pfile_id FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent = ? AND e.name = ?",
+        )?
+        .query_row(params![parent, name], |r| {
+            Ok(Node { id: r.get(0)?, kind: kind_from_int(r.get(1)?), nlink: r.get(2)?, pfile_id: r.get(3)? })
+        })
+        .optional()?)
+}
+
+/// Walks a validated path from the user's root.
+fn resolve(conn: &Connection, user: &User, path: &str) -> Result<Node> {
+    let names = components(path)?;
+    let mut node = Node { id: user.root, kind: NodeKind::Dir, nlink: 2, pfile_id: None };
+    for (i, name) in names.iter().enumerate() {
+        if node.kind != NodeKind::Dir {
+            return fail(ErrorCode::NotDir, format!("/{} is not a directory", names[..i].join("/")));
+        }
+        node = lookup(conn, node.id, name)?.ok_or_else(|| not_found(path))?;
+    }
+    Ok(node)
+}
+
+/// The directory that holds the last name of `path`, and that name. The root has no parent.
+fn resolve_parent<'p>(conn: &Connection, user: &User, path: &'p str) -> Result<(i64, &'p str)> {
+    let names = components(path)?;
+    let Some((name, dirs)) = names.split_last() else {
+        return fail(ErrorCode::Invalid, "the root has no name");
+    };
+    let mut dir = user.root;
+    for (i, d) in dirs.iter().enumerate() {
+        let node = lookup(conn, dir, d)?.ok_or_else(|| not_found(path))?;
+        if node.kind != NodeKind::Dir {
+            return fail(ErrorCode::NotDir, format!("/{} is not a directory", names[..=i].join("/")));
+        }
+        dir = node.id;
+    }
+    Ok((dir, name))
+}
+
+fn has_entries(conn: &Connection, dir: i64) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM entries WHERE parent = ?)", [dir], |r| r.get(0))?)
+}
+
+/// True when `dir` is `node` or lies below it.
+fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<bool> {
+    // Directories have exactly one entry, so the parent chain is unique and ends at the root.
+    for _ in 0..=netdisk_protocol::MAX_PATH {
+        if dir == node {
+            return Ok(true);
+        }
+        match conn.query_row("SELECT parent FROM entries WHERE node = ?", [dir], |r| r.get::<_, i64>(0)).optional()? {
+            Some(parent) => dir = parent,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+fn touch_dir(conn: &Connection, dir: i64, t: Timespec) -> Result<()> {
+    conn.execute(
+        "UPDATE nodes SET mtime_s = ?1, mtime_ns = ?2, ctime_s = ?1, ctime_ns = ?2 WHERE id = ?3",
+        params![t.sec, t.nsec, dir],
+    )?;
+    Ok(())
+}
+
+fn add_entry(conn: &Connection, parent: i64, name: &str, node: i64, t: Timespec) -> Result<()> {
+    conn.execute("INSERT INTO entries (parent, name, node) VALUES (?, ?, ?)", params![parent, name, node])?;
+    touch_dir(conn, parent, t)
+}
+
+fn remove_entry(conn: &Connection, parent: i64, name: &str, t: Timespec) -> Result<()> {
+    conn.execute("DELETE FROM entries WHERE parent = ? AND name = ?", params![parent, name])?;
+    touch_dir(conn, parent, t)
+}
+
+/// One name of a non-directory node is gone: drop a link, and the node with its content reference when it was the last.
+fn drop_link(conn: &Connection, node: &Node, t: Timespec) -> Result<Released> {
+    if node.nlink > 1 {
+        conn.execute(
+            "UPDATE nodes SET nlink = nlink - 1, ctime_s = ?, ctime_ns = ? WHERE id = ?",
+            params![t.sec, t.nsec, node.id],
+        )?;
+        return Ok(Vec::new());
+    }
+    conn.execute("DELETE FROM nodes WHERE id = ?", [node.id])?;
+    match node.pfile_id {
+        Some(pfile) => unref_pfile(conn, pfile),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn unref_pfile(conn: &Connection, pfile: i64) -> Result<Released> {
+    conn.execute("UPDATE pfiles SET refs = refs - 1 WHERE id = ?", [pfile])?;
+    release_if_unreferenced(conn, pfile)
+}
+
+/// Deletes a complete physical file nothing refers to (no node, no upload). Runs inside the writer's
+/// IMMEDIATE transaction, so an instant upload either added its reference before or finds the row gone after.
+fn release_if_unreferenced(conn: &Connection, pfile: i64) -> Result<Released> {
+    let n = conn.execute(
+        "DELETE FROM pfiles WHERE id = ?1 AND complete = 1 AND refs <= 0
+         AND NOT EXISTS (SELECT 1 FROM uploads WHERE pfile_id = ?1)",
+        [pfile],
+    )?;
+    Ok(if n > 0 { vec![pfile] } else { Vec::new() })
+}
+
+/// Deletes an unfinished physical file that no upload is bound to any more.
+fn release_if_orphan_upload(conn: &Connection, pfile: i64) -> Result<Released> {
+    let n = conn.execute(
+        "DELETE FROM pfiles WHERE id = ?1 AND complete = 0 AND NOT EXISTS (SELECT 1 FROM uploads WHERE pfile_id = ?1)",
+        [pfile],
+    )?;
+    Ok(if n > 0 { vec![pfile] } else { Vec::new() })
+}
+
+fn place_content(
+    conn: &Connection,
+    user: &User,
+    path: &str,
+    content: Content,
+    new: NewFile,
+) -> Result<(Attr, Released)> {
+    let (parent, name) = resolve_parent(conn, user, path)?;
+    let t = now();
+    let mtime = new.mtime.unwrap_or(t);
+    if let Some(p) = content.pfile_id {
+        // Only a complete physical file may be referenced; it may have been released since it was looked up.
+        if conn.execute("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {
+            return fail(ErrorCode::Io, "the content was released meanwhile; retry");
+        }
+    }
+    match lookup(conn, parent, name)? {
+        Some(node) if node.kind == NodeKind::File => {
+            conn.execute(
+                "UPDATE nodes SET pfile_id = ?, size = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE id = ?",
+                params![content.pfile_id, content.size as i64, mtime.sec, mtime.nsec, t.sec, t.nsec, node.id],
+            )?;
+            let released = match node.pfile_id {
+                Some(old) => unref_pfile(conn, old)?,
+                None => Vec::new(),
+            };
+            Ok((attr_of(conn, node.id)?, released))
+        }
+        Some(node) if node.kind == NodeKind::Dir => fail(ErrorCode::IsDir, format!("{path} is a directory")),
+        Some(_) => fail(ErrorCode::Exists, format!("{path} exists and is not a regular file")),
+        None => {
+            let node = insert_node(conn, user.id, NodeKind::File, new.mode, new.owner, 1, t, None, 0)?;
+            conn.execute(
+                "UPDATE nodes SET pfile_id = ?, size = ?, mtime_s = ?, mtime_ns = ? WHERE id = ?",
+                params![content.pfile_id, content.size as i64, mtime.sec, mtime.nsec, node],
+            )?;
+            add_entry(conn, parent, name, node, t)?;
+            Ok((attr_of(conn, node)?, Vec::new()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Meta, User) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        meta.add_user("ann", "hash").unwrap();
+        let (user, _) = meta.user("ann").unwrap().unwrap();
+        (dir, meta, user)
+    }
+
+    #[test]
+    fn rename_moves_subtrees_and_keeps_link_counts() {
+        let (_d, mut meta, u) = setup();
+        meta.mkdir(&u, "/a", 0o755, Owner::default()).unwrap();
+        meta.mkdir(&u, "/a/b", 0o755, Owner::default()).unwrap();
+        meta.create_empty_file(&u, "/a/b/f", 0o644, Owner::default()).unwrap();
+        meta.mkdir(&u, "/c", 0o755, Owner::default()).unwrap();
+        assert_eq!(meta.stat(&u, "/").unwrap().nlink, 4);
+        meta.rename(&u, "/a/b", "/c/b", false).unwrap();
+        assert!(meta.stat(&u, "/c/b/f").is_ok());
+        assert_eq!(meta.stat(&u, "/a").unwrap().nlink, 2);
+        assert_eq!(meta.stat(&u, "/c").unwrap().nlink, 3);
+        let err = meta.rename(&u, "/c", "/c/b/x", false).unwrap_err();
+        assert_eq!(err.to_wire().code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn pages_are_stable_and_complete() {
+        let (_d, mut meta, u) = setup();
+        for i in 0..25 {
+            meta.create_empty_file(&u, &format!("/f{i:03}"), 0o644, Owner::default()).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (_, page, more) = meta.list(&u, "/", after.as_deref(), 7).unwrap();
+            seen.extend(page.iter().map(|e| e.name.clone()));
+            if !more {
+                break;
+            }
+            after = seen.last().cloned();
+        }
+        let want: Vec<String> = (0..25).map(|i| format!("f{i:03}")).collect();
+        assert_eq!(seen, want);
+    }
+}
