@@ -66,7 +66,7 @@ pub fn serve(config: Config, listener: TcpListener) -> anyhow::Result<()> {
                 SIGNALS => {
                     while let Some(info) = signal_fd.read_signal()? {
                         if info.ssi_signo == Signal::SIGCHLD as u32 {
-                            reap(&mut children);
+                            reap(&mut children, false);
                         } else {
                             tracing::info!(signal = info.ssi_signo, children = children.len(), "stopping");
                             break 'serve;
@@ -136,7 +136,8 @@ fn send_busy(mut stream: TcpStream, children: usize) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-fn reap(children: &mut HashSet<Pid>) {
+/// Collects exited children. Outside a stop, a child killed by a signal is worth a warning.
+fn reap(children: &mut HashSet<Pid>, stopping: bool) {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
@@ -144,7 +145,7 @@ fn reap(children: &mut HashSet<Pid>) {
                 if let Some(pid) = status.pid() {
                     children.remove(&pid);
                 }
-                if let WaitStatus::Signaled(pid, sig, _) = status {
+                if let (WaitStatus::Signaled(pid, sig, _), false) = (status, stopping) {
                     tracing::warn!(%pid, ?sig, "connection process killed");
                 }
             }
@@ -164,7 +165,7 @@ fn stop_children(children: &mut HashSet<Pid>, signal_fd: &SignalFd) {
     }
     let deadline = Instant::now() + STOP_GRACE;
     while !children.is_empty() && Instant::now() < deadline {
-        reap(children);
+        reap(children, true);
         if children.is_empty() {
             break;
         }

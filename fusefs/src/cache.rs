@@ -1,0 +1,98 @@
+//! The read cache: downloaded blocks on local disk, keyed by content (md5 of the file and block index),
+//! so a cached block can never be stale; bounded in bytes, least recently used blocks go first.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Download and cache granularity.
+pub const BLOCK: u64 = 1 << 20;
+
+struct Entry {
+    size: u64,
+    last_use: u64,
+}
+
+pub struct Cache {
+    dir: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<(String, u64), Entry>,
+    total: u64,
+    clock: u64,
+}
+
+impl Cache {
+    /// A cache in `dir` (emptied: the index lives in memory) holding at most `limit` bytes.
+    pub fn new(dir: PathBuf, limit: u64) -> std::io::Result<Cache> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Cache { dir, limit, state: Mutex::new(State::default()) })
+    }
+
+    fn file(&self, md5: &str, index: u64) -> PathBuf {
+        self.dir.join(format!("{md5}-{index}"))
+    }
+
+    pub fn get(&self, md5: &str, index: u64) -> Option<Vec<u8>> {
+        {
+            let mut state = self.state.lock().expect("cache lock");
+            state.clock += 1;
+            let clock = state.clock;
+            state.entries.get_mut(&(md5.to_string(), index))?.last_use = clock;
+        }
+        std::fs::read(self.file(md5, index)).ok()
+    }
+
+    pub fn put(&self, md5: &str, index: u64, data: &[u8]) {
+        if data.len() as u64 > self.limit {
+            return;
+        }
+        if let Err(e) = std::fs::write(self.file(md5, index), data) {
+            tracing::warn!(error = %e, "cannot write to the block cache");
+            return;
+        }
+        let mut state = self.state.lock().expect("cache lock");
+        state.clock += 1;
+        let clock = state.clock;
+        let old = state.entries.insert((md5.to_string(), index), Entry { size: data.len() as u64, last_use: clock });
+        state.total += data.len() as u64;
+        state.total -= old.map_or(0, |e| e.size);
+        while state.total > self.limit {
+            let Some(victim) = state.entries.iter().min_by_key(|(_, e)| e.last_use).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            if let Some(e) = state.entries.remove(&victim) {
+                state.total -= e.size;
+                let _ = std::fs::remove_file(self.file(&victim.0, victim.1));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.state.lock().expect("cache lock").total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("blocks"), 10).unwrap();
+        cache.put("a", 0, b"12345");
+        cache.put("b", 0, b"12345");
+        assert_eq!(cache.get("a", 0).unwrap(), b"12345");
+        cache.put("c", 0, b"123");
+        assert!(cache.get("b", 0).is_none(), "b was least recently used");
+        assert!(cache.get("a", 0).is_some() && cache.get("c", 0).is_some());
+        assert!(cache.used() <= 10);
+    }
+}

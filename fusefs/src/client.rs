@@ -1,0 +1,137 @@
+//! The connection pool to the server: several logged-in TCP connections, one request at a time on each,
+//! every call bounded by a timeout so that no FUSE request can hang on a dead server.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use netdisk_protocol::frame::{encode_message, FrameHead};
+use netdisk_protocol::{DecodeError, Kind, Login, LoginRes, Request, WireError, HEAD_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::error::{FsError, Result};
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub addr: String,
+    pub user: String,
+    pub password: String,
+}
+
+struct Connection {
+    stream: TcpStream,
+    next_id: u64,
+}
+
+pub struct Remote {
+    credentials: Credentials,
+    idle: Mutex<Vec<Connection>>,
+    slots: Semaphore,
+    timeout: Duration,
+}
+
+fn connection_error(what: impl std::fmt::Display) -> FsError {
+    FsError::Connection(what.to_string())
+}
+
+impl Connection {
+    async fn open(c: &Credentials, timeout: Duration) -> Result<(Connection, LoginRes)> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&c.addr))
+            .await
+            .map_err(|_| connection_error(format!("connecting to {} timed out", c.addr)))?
+            .map_err(|e| connection_error(format!("cannot connect to {}: {e}", c.addr)))?;
+        stream.set_nodelay(true).map_err(connection_error)?;
+        let mut conn = Connection { stream, next_id: 1 };
+        let login = Login { user: c.user.clone(), password: c.password.clone() };
+        let (res, _) = tokio::time::timeout(timeout, conn.call(&login, &[]))
+            .await
+            .map_err(|_| connection_error("login timed out"))??;
+        Ok((conn, res))
+    }
+
+    async fn call<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let head = encode_message(R::KIND, id, req, payload.len() as u32);
+        self.stream.write_all(&head).await.map_err(connection_error)?;
+        if !payload.is_empty() {
+            self.stream.write_all(payload).await.map_err(connection_error)?;
+        }
+        let mut head_bytes = [0u8; HEAD_LEN];
+        self.stream.read_exact(&mut head_bytes).await.map_err(connection_error)?;
+        let head = FrameHead::decode_response(&head_bytes).map_err(connection_error)?;
+        let mut header = vec![0u8; head.header_len as usize];
+        self.stream.read_exact(&mut header).await.map_err(connection_error)?;
+        let mut body = vec![0u8; head.payload_len as usize];
+        self.stream.read_exact(&mut body).await.map_err(connection_error)?;
+        if head.request_id != id {
+            return Err(connection_error(format!("answer to request {} while waiting for {id}", head.request_id)));
+        }
+        let json =
+            |e: serde_json::Error| connection_error(DecodeError::Json { kind: head.kind, reason: e.to_string() });
+        if head.kind == Kind::Error {
+            let err: WireError = serde_json::from_slice(&header).map_err(json)?;
+            return Err(FsError::Server(err));
+        }
+        if Some(head.kind) != R::KIND.response() {
+            return Err(connection_error(format!("{:?} in answer to {:?}", head.kind, R::KIND)));
+        }
+        let res = serde_json::from_slice(&header).map_err(json)?;
+        Ok((res, body))
+    }
+}
+
+impl Remote {
+    /// Connects and logs in once, so that a wrong address or password fails here, before anything is mounted.
+    pub async fn connect(
+        credentials: Credentials,
+        connections: usize,
+        timeout: Duration,
+    ) -> Result<(Remote, LoginRes)> {
+        let (conn, login) = Connection::open(&credentials, timeout).await?;
+        let remote =
+            Remote { credentials, idle: Mutex::new(vec![conn]), slots: Semaphore::new(connections.max(1)), timeout };
+        Ok((remote, login))
+    }
+
+    /// Sends one request and waits for its answer, within the timeout.
+    pub async fn call<R: Request>(&self, req: &R) -> Result<R::Response> {
+        Ok(self.call_with_payload(req, &[]).await?.0)
+    }
+
+    pub async fn call_with_payload<R: Request>(&self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
+        let _slot = self.slots.acquire().await.map_err(connection_error)?;
+        let pooled = self.idle.lock().expect("pool lock").pop();
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Connection::open(&self.credentials, self.timeout).await?.0,
+        };
+        match tokio::time::timeout(self.timeout, conn.call(req, payload)).await {
+            Ok(Ok(answer)) => {
+                self.idle.lock().expect("pool lock").push(conn);
+                Ok(answer)
+            }
+            Ok(Err(FsError::Server(e))) => {
+                self.idle.lock().expect("pool lock").push(conn);
+                Err(FsError::Server(e))
+            }
+            // A pooled connection the server closed meanwhile (idle timeout, restart): one fresh try.
+            Ok(Err(FsError::Connection(why))) if reused => {
+                tracing::debug!(%why, "pooled connection failed; reconnecting");
+                let mut conn = Connection::open(&self.credentials, self.timeout).await?.0;
+                let answer = tokio::time::timeout(self.timeout, conn.call(req, payload))
+                    .await
+                    .map_err(|_| connection_error(format!("{:?} timed out", R::KIND)))?;
+                if matches!(answer, Ok(_) | Err(FsError::Server(_))) {
+                    self.idle.lock().expect("pool lock").push(conn);
+                }
+                answer
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(connection_error(format!("{:?} timed out after {:?}", R::KIND, self.timeout))),
+        }
+    }
+}

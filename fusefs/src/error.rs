@@ -1,0 +1,60 @@
+//! The mount's error type and the one table that turns every failure into an errno.
+
+use netdisk_protocol::{ErrorCode, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The server answered with an error.
+    #[error("server: {0}")]
+    Server(#[from] WireError),
+    /// The server could not be reached, did not answer in time, or broke the protocol.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The local cache or staging directory failed.
+    #[error("local i/o: {0}")]
+    Local(#[from] std::io::Error),
+    /// A plain errno decided by the mount itself (e.g. ENOENT for an unknown inode).
+    #[error("errno {0}")]
+    Errno(i32),
+}
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+impl FsError {
+    /// The errno an application sees for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Server(e) => match e.code {
+                ErrorCode::NotFound => libc::ENOENT,
+                ErrorCode::Exists => libc::EEXIST,
+                ErrorCode::NotEmpty => libc::ENOTEMPTY,
+                ErrorCode::NotDir => libc::ENOTDIR,
+                ErrorCode::IsDir => libc::EISDIR,
+                ErrorCode::Invalid => libc::EINVAL,
+                ErrorCode::NameTooLong => libc::ENAMETOOLONG,
+                ErrorCode::NotPermitted => libc::EPERM,
+                ErrorCode::NoSpace => libc::ENOSPC,
+                ErrorCode::AuthFailed | ErrorCode::NotLoggedIn => libc::EACCES,
+                ErrorCode::Busy => libc::EAGAIN,
+                ErrorCode::Unsupported => libc::EOPNOTSUPP,
+                ErrorCode::ChecksumMismatch | ErrorCode::UnknownUpload | ErrorCode::Io | ErrorCode::Unknown => {
+                    libc::EIO
+                }
+            },
+            FsError::Connection(_) => libc::EIO,
+            FsError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Errno(n) => *n,
+        }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            FsError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub fn errno<T>(n: i32) -> Result<T> {
+    Err(FsError::Errno(n))
+}

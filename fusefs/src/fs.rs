@@ -1,0 +1,766 @@
+//! The filesystem logic: every kernel request as an async method returning `Result`, testable without a mount.
+//! Architecture Invariant: no fuser type appears here; `fuse.rs` converts.
+//! Architecture Invariant (L1): a change is applied to the inode table only after the server confirmed it, and a
+//! listing or lookup fetched while any change was in flight is not applied to the table (it is fetched again).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netdisk_protocol::*;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::cache::{Cache, BLOCK};
+use crate::client::Remote;
+use crate::error::{errno, FsError, Result};
+use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
+use crate::inode::Inodes;
+
+/// Blocks fetched ahead of a sequential reader.
+const READAHEAD_BLOCKS: u64 = 8;
+/// Attempts to fetch a listing that no concurrent change disturbed.
+const LISTING_ATTEMPTS: usize = 5;
+
+pub struct Config {
+    /// How long attributes and names are trusted before asking the server again.
+    pub ttl: Duration,
+    /// Where written files are staged until they are uploaded.
+    pub staging_dir: PathBuf,
+    /// Chunks of one file uploaded at once.
+    pub upload_parallelism: usize,
+}
+
+/// An inode number with the attributes to report for it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Attr,
+}
+
+/// What `setattr` asks to change.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Counts changes in flight and completed, so that listings never overwrite a change (L1).
+#[derive(Default)]
+struct Mutations {
+    in_flight: AtomicU64,
+    completed: AtomicU64,
+}
+
+struct MutationGuard<'a>(&'a Mutations);
+
+impl Mutations {
+    fn begin(&self) -> MutationGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        MutationGuard(self)
+    }
+
+    /// A token for "nothing is changing now", or `None` while something is.
+    fn quiet(&self) -> Option<u64> {
+        let completed = self.completed.load(Ordering::SeqCst);
+        (self.in_flight.load(Ordering::SeqCst) == 0).then_some(completed)
+    }
+
+    fn still_quiet(&self, token: Option<u64>) -> bool {
+        token.is_some() && self.quiet() == token
+    }
+}
+
+impl Drop for MutationGuard<'_> {
+    fn drop(&mut self) {
+        self.0.completed.fetch_add(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+type BlockCell = Arc<OnceCell<Arc<Vec<u8>>>>;
+
+pub struct NetFs {
+    remote: Arc<Remote>,
+    inodes: Mutex<Inodes>,
+    open: Mutex<OpenFiles>,
+    cache: Cache,
+    inflight: Mutex<HashMap<(String, u64), BlockCell>>,
+    mutations: Mutations,
+    config: Config,
+}
+
+fn not_found() -> FsError {
+    FsError::Errno(libc::ENOENT)
+}
+
+fn now() -> Timespec {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.len() > MAX_NAME {
+        return errno(libc::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl NetFs {
+    pub fn new(remote: Remote, root: Attr, cache: Cache, config: Config) -> NetFs {
+        NetFs {
+            remote: Arc::new(remote),
+            inodes: Mutex::new(Inodes::new(root)),
+            open: Mutex::new(OpenFiles::default()),
+            cache,
+            inflight: Mutex::new(HashMap::new()),
+            mutations: Mutations::default(),
+            config,
+        }
+    }
+
+    fn inodes(&self) -> std::sync::MutexGuard<'_, Inodes> {
+        self.inodes.lock().expect("inode table lock")
+    }
+
+    fn open_files(&self) -> std::sync::MutexGuard<'_, OpenFiles> {
+        self.open.lock().expect("open files lock")
+    }
+
+    fn path(&self, ino: u64) -> Result<String> {
+        self.inodes().path(ino).ok_or_else(not_found)
+    }
+
+    fn child_path(&self, parent: u64, name: &str) -> Result<String> {
+        check_name(name)?;
+        self.inodes().child_path(parent, name).ok_or_else(not_found)
+    }
+
+    /// Attributes to report: the server's, with size and mtime of content staged here.
+    async fn overlay(&self, ino: u64, mut attr: Attr) -> Attr {
+        let staging = self.open_files().staging(ino);
+        if let Some(staging) = staging {
+            let s = staging.lock().await;
+            attr.size = s.size;
+            if s.dirty {
+                attr.mtime = s.mtime.unwrap_or(attr.mtime);
+            }
+            if attr.ino == 0 {
+                attr.mode = s.mode;
+                attr.uid = s.owner.uid;
+                attr.gid = s.owner.gid;
+            }
+        }
+        attr
+    }
+
+    async fn entry(&self, ino: u64) -> Result<Entry> {
+        let attr = self.inodes().get(ino).ok_or_else(not_found)?.attr.clone();
+        Ok(Entry { ino, attr: self.overlay(ino, attr).await })
+    }
+
+    /// Records a server answer for `parent/name` and counts a kernel reference.
+    async fn remembered(&self, parent: u64, name: &str, attr: Attr) -> Result<Entry> {
+        let ino = {
+            let mut t = self.inodes();
+            let ino = t.remember(parent, name, attr);
+            t.looked_up(ino);
+            ino
+        };
+        self.entry(ino).await
+    }
+
+    // ---- names ----
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry> {
+        let cached = {
+            let t = self.inodes();
+            t.child(parent, name)
+                .and_then(|ino| t.get(ino).map(|n| (ino, n.remote.is_none() || n.fetched.elapsed() < self.config.ttl)))
+        };
+        if let Some((ino, true)) = cached {
+            self.inodes().looked_up(ino);
+            return self.entry(ino).await;
+        }
+        let path = self.child_path(parent, name)?;
+        for _ in 0..LISTING_ATTEMPTS {
+            let token = self.mutations.quiet();
+            let answer = self.remote.call(&Stat { path: path.clone() }).await;
+            if !self.mutations.still_quiet(token) {
+                continue;
+            }
+            return match answer {
+                Ok(res) => self.remembered(parent, name, res.attr).await,
+                Err(e) => {
+                    if e.code() == Some(ErrorCode::NotFound) {
+                        let mut t = self.inodes();
+                        if t.child(parent, name).is_some_and(|ino| t.get(ino).is_some_and(|n| n.remote.is_some())) {
+                            t.detach(parent, name);
+                        }
+                    }
+                    Err(e)
+                }
+            };
+        }
+        // Changes kept racing the lookup: answer from the server without caching.
+        let attr = self.remote.call(&Stat { path }).await?.attr;
+        self.remembered(parent, name, attr).await
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes().forget(ino, n);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Entry> {
+        let (fresh, local) = {
+            let t = self.inodes();
+            let n = t.get(ino).ok_or_else(not_found)?;
+            (n.fetched.elapsed() < self.config.ttl, n.remote.is_none() || n.parent == 0)
+        };
+        if fresh || local {
+            return self.entry(ino).await;
+        }
+        let path = self.path(ino)?;
+        let token = self.mutations.quiet();
+        let attr = self.remote.call(&Stat { path }).await?.attr;
+        if self.mutations.still_quiet(token) {
+            self.inodes().set_attr(ino, attr.clone());
+        }
+        Ok(Entry { ino, attr: self.overlay(ino, attr).await })
+    }
+
+    /// A directory's entries: `(inode, kind, name)`, fetched from the server, plus files that exist only here.
+    pub async fn readdir(&self, dir: u64) -> Result<Vec<(u64, NodeKind, String)>> {
+        let path = self.path(dir)?;
+        let mut listing = None;
+        for _ in 0..LISTING_ATTEMPTS {
+            let token = self.mutations.quiet();
+            let entries = self.list_all(&path).await?;
+            if self.mutations.still_quiet(token) {
+                listing = Some(entries);
+                break;
+            }
+        }
+        let listing = match listing {
+            Some(l) => l,
+            None => self.list_all(&path).await?,
+        };
+        let mut t = self.inodes();
+        t.forget_names_in(dir);
+        let mut out: Vec<(u64, NodeKind, String)> =
+            listing.into_iter().map(|e| (t.remember(dir, &e.name, e.attr.clone()), e.attr.kind, e.name)).collect();
+        for (name, ino) in t.local_children(dir) {
+            if !out.iter().any(|(_, _, n)| *n == name) {
+                out.push((ino, NodeKind::File, name));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_all(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let mut all: Vec<DirEntry> = Vec::new();
+        loop {
+            let after = all.last().map(|e| e.name.clone());
+            let page = self.remote.call(&GetDir { path: path.to_string(), after, limit: MAX_DIR_PAGE }).await?;
+            all.extend(page.entries);
+            if !page.more {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, owner: Owner) -> Result<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attr = {
+            let _change = self.mutations.begin();
+            self.remote.call(&Mkdir { path, mode, owner }).await?.attr
+        };
+        self.remembered(parent, name, attr).await
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, owner: Owner) -> Result<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attr = {
+            let _change = self.mutations.begin();
+            self.remote.call(&Symlink { path, target: target.to_string(), owner }).await?.attr
+        };
+        self.remembered(parent, name, attr).await
+    }
+
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        rdev: u64,
+        owner: Owner,
+    ) -> Result<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attr = {
+            let _change = self.mutations.begin();
+            self.remote.call(&Mknod { path, kind, mode, rdev, owner }).await?.attr
+        };
+        self.remembered(parent, name, attr).await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<String> {
+        let path = self.path(ino)?;
+        Ok(self.remote.call(&ReadLink { path }).await?.target)
+    }
+
+    /// Marks a nameless inode's staged content as never to be uploaded.
+    async fn orphan(&self, ino: Option<u64>) {
+        let staging = ino.and_then(|ino| self.open_files().staging(ino));
+        if let Some(staging) = staging {
+            staging.lock().await.unlinked = true;
+        }
+    }
+
+    fn is_local(&self, ino: u64) -> bool {
+        self.inodes().get(ino).is_some_and(|n| n.remote.is_none())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        let path = self.child_path(parent, name)?;
+        let child = self.inodes().child(parent, name);
+        if !child.is_some_and(|ino| self.is_local(ino)) {
+            // L1: the name goes from the table only once the server's DeleteFileRes is here.
+            let _change = self.mutations.begin();
+            self.remote.call(&DeleteFile { path }).await?;
+        }
+        let gone = self.inodes().detach(parent, name);
+        let nameless = gone.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        self.orphan(nameless).await;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        let path = self.child_path(parent, name)?;
+        {
+            let _change = self.mutations.begin();
+            self.remote.call(&Rmdir { path }).await?;
+        }
+        self.inodes().detach(parent, name);
+        Ok(())
+    }
+
+    /// Uploads a file that exists only here, so that the server can rename or link it.
+    async fn publish(&self, ino: u64) -> Result<()> {
+        if !self.is_local(ino) {
+            return Ok(());
+        }
+        let staging = self.open_files().staging(ino).ok_or_else(not_found)?;
+        let mut s = staging.lock().await;
+        s.dirty = true;
+        self.upload(ino, &mut s).await
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        noreplace: bool,
+    ) -> Result<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let source = self.inodes().child(parent, name);
+        if let Some(ino) = source {
+            self.publish(ino).await?;
+        }
+        {
+            let _change = self.mutations.begin();
+            self.remote.call(&Rename { from, to, noreplace }).await?;
+        }
+        let replaced = self.inodes().child(new_parent, new_name);
+        self.inodes().rename(parent, name, new_parent, new_name);
+        let nameless = replaced.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        self.orphan(nameless).await;
+        Ok(())
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> Result<Entry> {
+        self.publish(ino).await?;
+        let existing = self.path(ino)?;
+        let new = self.child_path(new_parent, new_name)?;
+        let attr = {
+            let _change = self.mutations.begin();
+            self.remote.call(&Link { existing, new }).await?.attr
+        };
+        self.remembered(new_parent, new_name, attr).await
+    }
+
+    // ---- attributes ----
+
+    pub async fn setattr(&self, ino: u64, ch: Changes) -> Result<Entry> {
+        let staging = self.open_files().staging(ino);
+        let mut size_on_server = ch.size;
+        if let Some(staging) = &staging {
+            let mut s = staging.lock().await;
+            if let Some(size) = ch.size {
+                s.truncate(size)?;
+            }
+            if let Some(mode) = ch.mode {
+                s.mode = mode;
+            }
+            if let Some(uid) = ch.uid {
+                s.owner.uid = uid;
+            }
+            if let Some(gid) = ch.gid {
+                s.owner.gid = gid;
+            }
+            match ch.mtime {
+                Some(SetTime::At(t)) => s.mtime = Some(t),
+                Some(SetTime::Now) => s.mtime = Some(now()),
+                None => {}
+            }
+            size_on_server = None;
+        }
+        if self.is_local(ino) {
+            return self.entry(ino).await;
+        }
+        let path = self.path(ino)?;
+        let req = SetAttr {
+            path,
+            mode: ch.mode,
+            uid: ch.uid,
+            gid: ch.gid,
+            size: size_on_server,
+            atime: ch.atime,
+            mtime: ch.mtime,
+        };
+        let attr = {
+            let _change = self.mutations.begin();
+            self.remote.call(&req).await?.attr
+        };
+        self.inodes().set_attr(ino, attr.clone());
+        Ok(Entry { ino, attr: self.overlay(ino, attr).await })
+    }
+
+    pub async fn statfs(&self) -> Result<StatFsRes> {
+        self.remote.call(&StatFs {}).await
+    }
+
+    // ---- files ----
+
+    /// Creates a file that exists only here until its first upload (on flush, fsync or close).
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, owner: Owner) -> Result<(Entry, u64)> {
+        check_name(name)?;
+        if self.inodes().path(parent).is_none() {
+            return Err(not_found());
+        }
+        let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
+        staging.dirty = true;
+        let t = now();
+        let attr = Attr {
+            ino: 0,
+            kind: NodeKind::File,
+            mode: mode & 0o7777,
+            uid: owner.uid,
+            gid: owner.gid,
+            nlink: 1,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            md5: Some(md5_hex(b"")),
+        };
+        let ino = {
+            let mut t = self.inodes();
+            let ino = t.add_local(parent, name, attr.clone());
+            t.looked_up(ino);
+            ino
+        };
+        let handle = Handle { ino, writable: true, md5: None, size: 0, last_read_end: 0 };
+        let fh = self.open_files().add(handle, Some(Arc::new(tokio::sync::Mutex::new(staging))));
+        Ok((Entry { ino, attr }, fh))
+    }
+
+    /// Opens a file; returns the handle and whether the kernel may keep its cached pages.
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<(u64, bool)> {
+        let local = self.is_local(ino);
+        let attr = if local { self.entry(ino).await?.attr } else { self.revalidate(ino).await? };
+        if attr.kind == NodeKind::Dir {
+            return errno(libc::EISDIR);
+        }
+        if !write {
+            let keep_cache = {
+                let mut t = self.inodes();
+                let node = t.get_mut(ino).ok_or_else(not_found)?;
+                let keep = node.cached_md5.is_some() && node.cached_md5 == attr.md5;
+                node.cached_md5 = attr.md5.clone();
+                keep
+            };
+            let handle = Handle { ino, writable: false, md5: attr.md5.clone(), size: attr.size, last_read_end: 0 };
+            return Ok((self.open_files().add(handle, None), keep_cache));
+        }
+        let existing = self.open_files().staging(ino);
+        let staging = match existing {
+            Some(s) => {
+                if truncate {
+                    s.lock().await.truncate(0)?;
+                }
+                s
+            }
+            None => {
+                let mut s =
+                    Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
+                if truncate {
+                    s.dirty = attr.size > 0;
+                } else if attr.size > 0 {
+                    self.fetch_into(ino, &attr, &mut s).await?;
+                }
+                Arc::new(tokio::sync::Mutex::new(s))
+            }
+        };
+        let handle = Handle { ino, writable: true, md5: None, size: 0, last_read_end: 0 };
+        self.inodes().get_mut(ino).ok_or_else(not_found)?.cached_md5 = None;
+        Ok((self.open_files().add(handle, Some(staging)), false))
+    }
+
+    /// Fresh attributes from the server (close-to-open consistency).
+    async fn revalidate(&self, ino: u64) -> Result<Attr> {
+        let path = self.path(ino)?;
+        let attr = self.remote.call(&Stat { path }).await?.attr;
+        self.inodes().set_attr(ino, attr.clone());
+        Ok(attr)
+    }
+
+    /// Downloads a file's whole content into a staging file (to modify it in place).
+    async fn fetch_into(&self, ino: u64, attr: &Attr, staging: &mut Staging) -> Result<()> {
+        let path = self.path(ino)?;
+        let mut offset = 0u64;
+        while offset < attr.size {
+            let (res, bytes) =
+                self.remote.call_with_payload(&Download { path: path.clone(), offset, len: MAX_PAYLOAD }, &[]).await?;
+            if res.md5.as_str() != attr.md5.as_deref().unwrap_or_default() || bytes.is_empty() {
+                return errno(libc::EAGAIN);
+            }
+            staging.write(offset, &bytes)?;
+            offset += bytes.len() as u64;
+        }
+        staging.dirty = false;
+        Ok(())
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let staging = self.open_files().staging(ino).ok_or(FsError::Errno(libc::EBADF))?;
+        let mut s = staging.blocking_lock();
+        s.write(offset, data)?;
+        Ok(data.len() as u32)
+    }
+
+    pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let staging = self.open_files().staging(ino);
+        if let Some(staging) = staging {
+            return Ok(staging.lock().await.read(offset, size)?);
+        }
+        let (md5, file_size, sequential) = {
+            let mut open = self.open_files();
+            let h = open.handle_mut(fh).ok_or(FsError::Errno(libc::EBADF))?;
+            let sequential = h.last_read_end == offset;
+            h.last_read_end = offset + size as u64;
+            (h.md5.clone().unwrap_or_default(), h.size, sequential)
+        };
+        let end = file_size.min(offset + size as u64);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let path = self.path(ino)?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        for index in first..=last {
+            let block = self.block(&path, &md5, index).await?;
+            let start = if index == first { (offset % BLOCK) as usize } else { 0 };
+            let stop = if index == last { ((end - 1) % BLOCK + 1) as usize } else { BLOCK as usize };
+            out.extend_from_slice(&block[start.min(block.len())..stop.min(block.len())]);
+        }
+        if sequential {
+            let blocks = file_size.div_ceil(BLOCK);
+            for index in (last + 1)..(last + 1 + READAHEAD_BLOCKS).min(blocks) {
+                let (fs, path, md5) = (self.clone(), path.clone(), md5.clone());
+                tokio::spawn(async move {
+                    let _ = fs.block(&path, &md5, index).await;
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One block of content `md5`: from the cache, or downloaded once however many readers want it.
+    async fn block(&self, path: &str, md5: &str, index: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.get(md5, index) {
+            return Ok(Arc::new(data));
+        }
+        let key = (md5.to_string(), index);
+        let cell = self.inflight.lock().expect("inflight lock").entry(key.clone()).or_default().clone();
+        let result = cell
+            .get_or_try_init(|| async {
+                let req = Download { path: path.to_string(), offset: index * BLOCK, len: BLOCK as u32 };
+                let (res, bytes) = self.remote.call_with_payload(&req, &[]).await?;
+                if res.md5 != md5 {
+                    // The file was replaced on the server since it was opened.
+                    return errno(libc::ESTALE);
+                }
+                self.cache.put(md5, index, &bytes);
+                Ok(Arc::new(bytes))
+            })
+            .await
+            .cloned();
+        self.inflight.lock().expect("inflight lock").remove(&key);
+        result
+    }
+
+    /// Uploads staged content if it changed; errors reach the caller (flush, fsync, close).
+    pub async fn flush(&self, ino: u64, fh: u64) -> Result<()> {
+        let writable = self.open_files().handle(fh).is_some_and(|h| h.writable);
+        if !writable {
+            return Ok(());
+        }
+        let Some(staging) = self.open_files().staging(ino) else { return Ok(()) };
+        let mut s = staging.lock().await;
+        self.upload(ino, &mut s).await
+    }
+
+    pub async fn release(&self, ino: u64, fh: u64) -> Result<()> {
+        let Some((_, last)) = self.open_files().remove(fh) else { return Ok(()) };
+        let Some(staging) = last else { return Ok(()) };
+        self.finish_staging(ino, &staging).await
+    }
+
+    async fn finish_staging(&self, ino: u64, staging: &SharedStaging) -> Result<()> {
+        let mut s = staging.lock().await;
+        match self.upload(ino, &mut s).await {
+            Ok(()) => {
+                s.discard();
+                if self.is_local(ino) {
+                    // Never uploaded (unlinked first): forget the name too.
+                    let mut t = self.inodes();
+                    let (parent, name) = t.get(ino).map(|n| (n.parent, n.name.clone())).unwrap_or_default();
+                    if parent != 0 {
+                        t.detach(parent, &name);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(ino, error = %e, kept = %s.path.display(), "upload failed at close; the data is kept in the staging file");
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends staged content to the server: instant when it holds it, else the chunks it lacks, several at once.
+    async fn upload(&self, ino: u64, s: &mut Staging) -> Result<()> {
+        if !s.dirty || s.unlinked {
+            return Ok(());
+        }
+        let Some(path) = self.inodes().path(ino) else {
+            s.unlinked = true;
+            return Ok(());
+        };
+        let md5 = tokio::task::block_in_place(|| s.md5())?;
+        let req = UploadFile {
+            path: path.clone(),
+            size: s.size,
+            md5: md5.clone(),
+            mode: s.mode,
+            mtime: s.mtime,
+            owner: s.owner,
+        };
+        let _change = self.mutations.begin();
+        let mut answer = self.remote.call(&req).await?;
+        if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+            let proofs = ranges
+                .iter()
+                .map(|r| s.range(r.offset, r.len).map(|bytes| md5_hex(&bytes)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            answer = self.remote.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await?;
+        }
+        let attr = match answer {
+            UploadFileRes::Instant { attr } => {
+                tracing::debug!(%path, "instant upload");
+                attr
+            }
+            UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+                match self.send_chunks(s, upload_id, chunk_size, chunk_count).await? {
+                    Some(attr) => attr,
+                    None => match self.remote.call(&req).await? {
+                        UploadFileRes::Instant { attr } => attr,
+                        _ => return Err(FsError::Connection("the server did not complete the upload".into())),
+                    },
+                }
+            }
+            UploadFileRes::Challenge { .. } => return Err(FsError::Connection("a second ownership challenge".into())),
+        };
+        s.dirty = false;
+        let mut t = self.inodes();
+        t.set_remote(ino, attr);
+        if let Some(node) = t.get_mut(ino) {
+            node.cached_md5 = None;
+        }
+        Ok(())
+    }
+
+    /// Asks which chunks are missing (L3), then sends them over several connections at once.
+    async fn send_chunks(
+        &self,
+        s: &Staging,
+        upload_id: u64,
+        chunk_size: u32,
+        chunk_count: u32,
+    ) -> Result<Option<Attr>> {
+        let mut needed = Vec::new();
+        let all: Vec<u32> = (0..chunk_count).collect();
+        for batch in all.chunks(MAX_QUERY_INDEXES) {
+            needed.extend(self.remote.call(&QueryChunk { upload_id, indexes: batch.to_vec() }).await?.needed);
+        }
+        let permits = Arc::new(Semaphore::new(self.config.upload_parallelism.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut complete = None;
+        for index in needed {
+            let permit = permits.clone().acquire_owned().await.map_err(|e| FsError::Connection(e.to_string()))?;
+            let offset = index as u64 * chunk_size as u64;
+            let len = (s.size - offset).min(chunk_size as u64);
+            let file = s.file.try_clone()?;
+            let remote = self.remote.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset).map(|()| buf)
+                })
+                .await
+                .map_err(|e| FsError::Connection(e.to_string()))??;
+                let req = UploadChunk { upload_id, index, md5: md5_hex(&data) };
+                remote.call_with_payload(&req, &data).await.map(|(res, _)| res.complete)
+            });
+            while let Some(done) = tasks.try_join_next() {
+                if let Some(attr) = done.map_err(|e| FsError::Connection(e.to_string()))?? {
+                    complete = Some(attr);
+                }
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Some(attr) = done.map_err(|e| FsError::Connection(e.to_string()))?? {
+                complete = Some(attr);
+            }
+        }
+        Ok(complete)
+    }
+
+    pub async fn fsync(&self, ino: u64) -> Result<()> {
+        let Some(staging) = self.open_files().staging(ino) else { return Ok(()) };
+        let mut s = staging.lock().await;
+        self.upload(ino, &mut s).await
+    }
+}

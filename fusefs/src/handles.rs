@@ -1,0 +1,209 @@
+//! Open files. Writes go to a staging file in the cache directory, shared by every handle of one inode;
+//! its md5 is kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
+//! Architecture Invariant: staged data that failed to upload is kept on disk, never silently dropped.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+use netdisk_protocol::{Owner, Timespec};
+
+/// A file's content being written, in a local file.
+pub struct Staging {
+    pub file: File,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Changed since the last successful upload.
+    pub dirty: bool,
+    /// The inode lost its last name: never upload it again.
+    pub unlinked: bool,
+    /// md5 of bytes `0..covered` while every write so far extended the file sequentially.
+    hasher: Option<(Md5, u64)>,
+    /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet).
+    pub mode: u32,
+    pub owner: Owner,
+    pub mtime: Option<Timespec>,
+}
+
+impl Staging {
+    /// A new, empty staging file in `dir`.
+    pub fn create(dir: &Path, mode: u32, owner: Owner) -> io::Result<Staging> {
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+        let path = dir.join(format!("{}.staged", hex::encode(random)));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Staging {
+            file,
+            path,
+            size: 0,
+            dirty: false,
+            unlinked: false,
+            hasher: Some((Md5::new(), 0)),
+            mode,
+            owner,
+            mtime: None,
+        })
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.hasher = match self.hasher.take() {
+            Some((mut h, covered)) if covered == offset && offset == self.size => {
+                h.update(data);
+                Some((h, covered + data.len() as u64))
+            }
+            _ => None,
+        };
+        self.size = self.size.max(offset + data.len() as u64);
+        self.dirty = true;
+        self.mtime = None;
+        Ok(())
+    }
+
+    pub fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+        let end = self.size.min(offset.saturating_add(len as u64));
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn truncate(&mut self, size: u64) -> io::Result<()> {
+        self.file.set_len(size)?;
+        if self.hasher.as_ref().is_some_and(|(_, covered)| *covered != size) {
+            self.hasher = if size == 0 { Some((Md5::new(), 0)) } else { None };
+        }
+        self.size = size;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The md5 of the staged content: from the running hash when writes were sequential, else by reading it back.
+    pub fn md5(&self) -> io::Result<String> {
+        if let Some((h, covered)) = &self.hasher {
+            if *covered == self.size {
+                return Ok(hex::encode(h.clone().finalize()));
+            }
+        }
+        let mut h = Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < self.size {
+            let want = buf.len().min((self.size - offset) as usize);
+            let n = self.file.read_at(&mut buf[..want], offset)?;
+            if n == 0 {
+                return Err(io::Error::other("staging file shorter than its size"));
+            }
+            h.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Bytes of `[offset, offset + len)`.
+    pub fn range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Removes the staging file (after a successful upload, or when the content is abandoned).
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
+
+/// An open file handle.
+pub struct Handle {
+    pub ino: u64,
+    pub writable: bool,
+    /// Content read through this handle (md5 at open, refreshed if the server's changed).
+    pub md5: Option<String>,
+    pub size: u64,
+    /// Where the last read ended, to detect sequential reading for readahead.
+    pub last_read_end: u64,
+}
+
+#[derive(Default)]
+pub struct OpenFiles {
+    handles: HashMap<u64, Handle>,
+    stagings: HashMap<u64, (SharedStaging, usize)>,
+    next_fh: u64,
+}
+
+impl OpenFiles {
+    pub fn add(&mut self, handle: Handle, staging: Option<SharedStaging>) -> u64 {
+        self.next_fh += 1;
+        let ino = handle.ino;
+        if let Some(staging) = staging {
+            self.stagings.entry(ino).or_insert_with(|| (staging, 0)).1 += 1;
+        }
+        self.handles.insert(self.next_fh, handle);
+        self.next_fh
+    }
+
+    pub fn handle(&self, fh: u64) -> Option<&Handle> {
+        self.handles.get(&fh)
+    }
+
+    pub fn handle_mut(&mut self, fh: u64) -> Option<&mut Handle> {
+        self.handles.get_mut(&fh)
+    }
+
+    pub fn staging(&self, ino: u64) -> Option<SharedStaging> {
+        self.stagings.get(&ino).map(|(s, _)| s.clone())
+    }
+
+    /// Closes a handle; returns the inode's staging if this was the last writer of it.
+    pub fn remove(&mut self, fh: u64) -> Option<(Handle, Option<SharedStaging>)> {
+        let handle = self.handles.remove(&fh)?;
+        let mut last = None;
+        if handle.writable {
+            if let Some((staging, count)) = self.stagings.get_mut(&handle.ino) {
+                *count -= 1;
+                if *count == 0 {
+                    last = Some(staging.clone());
+                    self.stagings.remove(&handle.ino);
+                }
+            }
+        }
+        Some((handle, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_is_right_for_sequential_and_random_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default()).unwrap();
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b""));
+        s.write(0, b"hello ").unwrap();
+        s.write(6, b"world").unwrap();
+        assert!(s.hasher.is_some());
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world"));
+        s.write(0, b"J").unwrap();
+        assert!(s.hasher.is_none());
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello world"));
+        s.truncate(5).unwrap();
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello"));
+        assert_eq!(s.read(1, 100).unwrap(), b"ello");
+        s.discard();
+        assert!(!s.path.exists());
+    }
+}

@@ -1,0 +1,297 @@
+//! The inode table: the mount's own inode numbers, the server node each stands for, and the names that lead to it.
+//! Inode numbers are the mount's, not the server's, because a file written here exists only locally until it is uploaded.
+//! Architecture Invariant: a name leaves this table (`detach`) only after the server confirmed its removal (L1).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use netdisk_protocol::Attr;
+
+pub const ROOT: u64 = 1;
+
+pub struct Inode {
+    /// Parent directory of the primary name; 0 once the last name is gone (unlinked but maybe still open).
+    pub parent: u64,
+    pub name: String,
+    /// The server's node id; `None` for a file created here and not uploaded yet.
+    pub remote: Option<u64>,
+    /// Last known attributes (`attr.ino` is the server's id; the kernel sees this table's number).
+    pub attr: Attr,
+    pub fetched: Instant,
+    /// Kernel references (lookups not yet forgotten).
+    pub lookups: u64,
+    /// md5 of the content whose pages the kernel may still cache (for `FOPEN_KEEP_CACHE`).
+    pub cached_md5: Option<String>,
+}
+
+pub struct Inodes {
+    nodes: HashMap<u64, Inode>,
+    by_remote: HashMap<u64, u64>,
+    names: HashMap<(u64, String), u64>,
+    next: u64,
+}
+
+impl Inodes {
+    pub fn new(root: Attr) -> Inodes {
+        let mut nodes = HashMap::new();
+        let mut by_remote = HashMap::new();
+        by_remote.insert(root.ino, ROOT);
+        nodes.insert(
+            ROOT,
+            Inode {
+                parent: 0,
+                name: String::new(),
+                remote: Some(root.ino),
+                attr: root,
+                fetched: Instant::now(),
+                lookups: 1,
+                cached_md5: None,
+            },
+        );
+        Inodes { nodes, by_remote, names: HashMap::new(), next: ROOT + 1 }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
+        self.nodes.get_mut(&ino)
+    }
+
+    /// The server path of an inode, or `None` if it has no name any more.
+    pub fn path(&self, ino: u64) -> Option<String> {
+        let mut names = Vec::new();
+        let mut at = ino;
+        for _ in 0..=netdisk_protocol::MAX_PATH {
+            if at == ROOT {
+                names.reverse();
+                return Some(format!("/{}", names.join("/")));
+            }
+            let node = self.nodes.get(&at)?;
+            if node.parent == 0 {
+                return None;
+            }
+            names.push(node.name.as_str());
+            at = node.parent;
+        }
+        None
+    }
+
+    pub fn child_path(&self, parent: u64, name: &str) -> Option<String> {
+        self.path(parent).map(|p| netdisk_protocol::path::join(&p, name))
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.names.get(&(parent, name.to_string())).copied()
+    }
+
+    /// Records what the server says is at `parent/name`; returns the inode number (stable per server node).
+    pub fn remember(&mut self, parent: u64, name: &str, attr: Attr) -> u64 {
+        let ino = match self.by_remote.get(&attr.ino) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_remote.insert(attr.ino, ino);
+                ino
+            }
+        };
+        if let Some(old) = self.names.insert((parent, name.to_string()), ino) {
+            if old != ino {
+                self.drop_name_of(old, parent, name);
+            }
+        }
+        let node = self.nodes.entry(ino).or_insert_with(|| Inode {
+            parent,
+            name: name.to_string(),
+            remote: Some(attr.ino),
+            attr: attr.clone(),
+            fetched: Instant::now(),
+            lookups: 0,
+            cached_md5: None,
+        });
+        node.parent = parent;
+        node.name = name.to_string();
+        node.remote = Some(attr.ino);
+        node.attr = attr;
+        node.fetched = Instant::now();
+        ino
+    }
+
+    /// A file that so far exists only in this mount.
+    pub fn add_local(&mut self, parent: u64, name: &str, attr: Attr) -> u64 {
+        let ino = self.next;
+        self.next += 1;
+        if let Some(old) = self.names.insert((parent, name.to_string()), ino) {
+            self.drop_name_of(old, parent, name);
+        }
+        self.nodes.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_string(),
+                remote: None,
+                attr,
+                fetched: Instant::now(),
+                lookups: 0,
+                cached_md5: None,
+            },
+        );
+        ino
+    }
+
+    /// After an upload: the inode now stands for a server node.
+    pub fn set_remote(&mut self, ino: u64, attr: Attr) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            if let Some(old) = node.remote {
+                if old != attr.ino {
+                    self.by_remote.remove(&old);
+                }
+            }
+            node.remote = Some(attr.ino);
+            node.attr = attr.clone();
+            node.fetched = Instant::now();
+            self.by_remote.insert(attr.ino, ino);
+        }
+    }
+
+    pub fn set_attr(&mut self, ino: u64, attr: Attr) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.attr = attr;
+            node.fetched = Instant::now();
+        }
+    }
+
+    /// The name `parent/name` is gone (confirmed by the server). Returns the inode it named.
+    pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.names.remove(&(parent, name.to_string()))?;
+        self.drop_name_of(ino, parent, name);
+        Some(ino)
+    }
+
+    /// If `ino`'s primary name was `parent/name`, switch to another of its names, or mark it nameless.
+    fn drop_name_of(&mut self, ino: u64, parent: u64, name: &str) {
+        let Some(node) = self.nodes.get(&ino) else { return };
+        if node.parent != parent || node.name != name {
+            return;
+        }
+        let other = self.names.iter().find(|(_, &i)| i == ino).map(|((p, n), _)| (*p, n.clone()));
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            match other {
+                Some((p, n)) => {
+                    node.parent = p;
+                    node.name = n;
+                }
+                None => node.parent = 0,
+            }
+        }
+    }
+
+    /// A rename the server confirmed. A replaced target loses its name.
+    pub fn rename(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
+        let Some(ino) = self.names.remove(&(parent, name.to_string())) else { return };
+        self.detach(new_parent, new_name);
+        self.names.insert((new_parent, new_name.to_string()), ino);
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.parent = new_parent;
+            node.name = new_name.to_string();
+        }
+    }
+
+    /// Replaces the remembered names of a directory with a fresh listing, keeping files that exist only here.
+    pub fn forget_names_in(&mut self, dir: u64) {
+        let stale: Vec<(u64, String)> = self
+            .names
+            .iter()
+            .filter(|((p, _), ino)| *p == dir && self.nodes.get(ino).is_some_and(|n| n.remote.is_some()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.names.remove(&key);
+        }
+    }
+
+    /// Files of `dir` that exist only in this mount: (name, inode).
+    pub fn local_children(&self, dir: u64) -> Vec<(String, u64)> {
+        self.names
+            .iter()
+            .filter(|((p, _), ino)| *p == dir && self.nodes.get(ino).is_some_and(|n| n.remote.is_none()))
+            .map(|((_, name), ino)| (name.clone(), *ino))
+            .collect()
+    }
+
+    pub fn looked_up(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `n` references. An inode nobody references and that has no name is removed.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 && node.parent == 0 {
+            if let Some(remote) = node.remote {
+                self.by_remote.remove(&remote);
+            }
+            self.nodes.remove(&ino);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netdisk_protocol::{NodeKind, Timespec};
+
+    fn attr(ino: u64, kind: NodeKind) -> Attr {
+        Attr {
+            ino,
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: 0,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+            rdev: 0,
+            md5: None,
+        }
+    }
+
+    #[test]
+    fn paths_follow_renames_and_detaches() {
+        let mut t = Inodes::new(attr(100, NodeKind::Dir));
+        let a = t.remember(ROOT, "a", attr(101, NodeKind::Dir));
+        let f = t.remember(a, "f", attr(102, NodeKind::File));
+        assert_eq!(t.path(f).unwrap(), "/a/f");
+        t.rename(ROOT, "a", ROOT, "b");
+        assert_eq!(t.path(f).unwrap(), "/b/f");
+        assert_eq!(t.remember(a, "f", attr(102, NodeKind::File)), f, "same server node, same inode");
+        let l = t.add_local(a, "new", attr(0, NodeKind::File));
+        assert_eq!(t.local_children(a), vec![("new".to_string(), l)]);
+        t.forget_names_in(a);
+        assert_eq!(t.child(a, "new"), Some(l));
+        assert_eq!(t.child(a, "f"), None);
+        t.remember(a, "f", attr(102, NodeKind::File));
+        assert_eq!(t.detach(a, "f"), Some(f));
+        assert_eq!(t.path(f), None);
+    }
+
+    #[test]
+    fn hard_links_keep_a_path_while_one_name_is_left() {
+        let mut t = Inodes::new(attr(100, NodeKind::Dir));
+        let x = t.remember(ROOT, "x", attr(5, NodeKind::File));
+        assert_eq!(t.remember(ROOT, "y", attr(5, NodeKind::File)), x);
+        t.detach(ROOT, "y");
+        assert_eq!(t.path(x).unwrap(), "/x");
+        t.detach(ROOT, "x");
+        assert_eq!(t.path(x), None);
+    }
+}
