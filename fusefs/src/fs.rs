@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
-use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
+use crate::handles::{process_of, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::Inodes;
 
 /// Blocks fetched ahead of a sequential reader.
@@ -400,13 +400,14 @@ impl NetFs {
 
     // ---- attributes ----
 
-    pub async fn setattr(&self, ino: u64, ch: Changes) -> Result<Entry> {
+    pub async fn setattr(&self, ino: u64, ch: Changes, pid: u32) -> Result<Entry> {
         let staging = self.open_files().staging(ino);
         let mut size_on_server = ch.size;
         if let Some(staging) = &staging {
             let mut s = staging.lock().await;
             if let Some(size) = ch.size {
                 s.truncate(size)?;
+                s.written_by(process_of(pid));
             }
             if let Some(mode) = ch.mode {
                 s.mode = mode;
@@ -452,13 +453,14 @@ impl NetFs {
     // ---- files ----
 
     /// Creates a file that exists only here until its first upload (on flush, fsync or close).
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, owner: Owner) -> Result<(Entry, u64)> {
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, owner: Owner, pid: u32) -> Result<(Entry, u64)> {
         check_name(name)?;
         if self.inodes().path(parent).is_none() {
             return Err(not_found());
         }
         let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
         staging.dirty = true;
+        staging.written_by(process_of(pid));
         let t = now();
         let attr = Attr {
             ino: 0,
@@ -486,7 +488,7 @@ impl NetFs {
     }
 
     /// Opens a file; returns the handle and whether the kernel may keep its cached pages.
-    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<(u64, bool)> {
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool, pid: u32) -> Result<(u64, bool)> {
         let local = self.is_local(ino);
         let attr = if local { self.entry(ino).await?.attr } else { self.revalidate(ino).await? };
         if attr.kind == NodeKind::Dir {
@@ -507,7 +509,9 @@ impl NetFs {
         let staging = match existing {
             Some(s) => {
                 if truncate {
-                    s.lock().await.truncate(0)?;
+                    let mut locked = s.lock().await;
+                    locked.truncate(0)?;
+                    locked.written_by(process_of(pid));
                 }
                 s
             }
@@ -516,6 +520,7 @@ impl NetFs {
                     Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
                 if truncate {
                     s.dirty = attr.size > 0;
+                    s.written_by(process_of(pid));
                 } else if attr.size > 0 {
                     self.fetch_into(ino, &attr, &mut s).await?;
                 }
@@ -552,10 +557,11 @@ impl NetFs {
         Ok(())
     }
 
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8], pid: u32) -> Result<u32> {
         let staging = self.open_files().staging(ino).ok_or(FsError::Errno(libc::EBADF))?;
         let mut s = staging.blocking_lock();
         s.write(offset, data)?;
+        s.written_by(process_of(pid));
         Ok(data.len() as u32)
     }
 
@@ -620,14 +626,19 @@ impl NetFs {
         result
     }
 
-    /// Uploads staged content if it changed; errors reach the caller (flush, fsync, close).
-    pub async fn flush(&self, ino: u64, fh: u64) -> Result<()> {
+    /// `close` of a descriptor: uploads staged content if the closing process changed it, so that its
+    /// `close` reports a failed upload. A process that only inherited the descriptor (fork, then exec) uploads
+    /// nothing: its close says nothing about the writer being done (the last close uploads in any case).
+    pub async fn flush(&self, ino: u64, fh: u64, pid: u32) -> Result<()> {
         let writable = self.open_files().handle(fh).is_some_and(|h| h.writable);
         if !writable {
             return Ok(());
         }
         let Some(staging) = self.open_files().staging(ino) else { return Ok(()) };
         let mut s = staging.lock().await;
+        if !s.was_written_by(process_of(pid)) {
+            return Ok(());
+        }
         self.upload(ino, &mut s).await
     }
 

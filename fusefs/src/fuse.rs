@@ -157,7 +157,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -181,9 +181,9 @@ impl Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, ttl, pid) = (self.fs.clone(), self.ttl, req.pid());
         self.rt.spawn(async move {
-            match fs.setattr(ino.0, changes).await {
+            match fs.setattr(ino.0, changes, pid).await {
                 Ok(e) => reply.attr(&ttl, &file_attr(e.ino, &e.attr)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -301,12 +301,12 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        let fs = self.fs.clone();
+        let (fs, pid) = (self.fs.clone(), req.pid());
         self.rt.spawn(async move {
-            match fs.open(ino.0, write, truncate).await {
+            match fs.open(ino.0, write, truncate, pid).await {
                 Ok((fh, keep)) => {
                     let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(fh), flags)
@@ -330,9 +330,9 @@ impl Filesystem for FuseFs {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return reply.error(Errno::EINVAL);
         }
-        let (fs, ttl, owner) = (self.fs.clone(), self.ttl, owner(req));
+        let (fs, ttl, owner, pid) = (self.fs.clone(), self.ttl, owner(req), req.pid());
         self.rt.spawn(async move {
-            match fs.create(parent.0, &name, mode & !umask, owner).await {
+            match fs.create(parent.0, &name, mode & !umask, owner, pid).await {
                 Ok((e, fh)) => {
                     reply.created(&ttl, &file_attr(e.ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty())
                 }
@@ -363,7 +363,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -374,16 +374,16 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         // A local file write: done on this fuser thread, no copy of the data.
-        match self.fs.write(ino.0, offset, data) {
+        match self.fs.write(ino.0, offset, data, req.pid()) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let (fs, pid) = (self.fs.clone(), req.pid());
         self.rt.spawn(async move {
-            match fs.flush(ino.0, fh.0).await {
+            match fs.flush(ino.0, fh.0, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

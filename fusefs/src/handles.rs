@@ -2,7 +2,7 @@
 //! its md5 is kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
 //! Architecture Invariant: staged data that failed to upload is kept on disk, never silently dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -27,6 +27,16 @@ pub struct Staging {
     pub mode: u32,
     pub owner: Owner,
     pub mtime: Option<Timespec>,
+    /// Processes (thread group ids) that changed the content: their `close` uploads it and reports its errors.
+    writers: HashSet<u32>,
+}
+
+/// The process (thread group) a thread belongs to: FUSE requests carry the thread id.
+pub fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(tid)
 }
 
 impl Staging {
@@ -46,6 +56,7 @@ impl Staging {
             mode,
             owner,
             mtime: None,
+            writers: HashSet::new(),
         })
     }
 
@@ -62,6 +73,16 @@ impl Staging {
         self.dirty = true;
         self.mtime = None;
         Ok(())
+    }
+
+    /// Records that process `pid` changed the content.
+    pub fn written_by(&mut self, pid: u32) {
+        self.writers.insert(pid);
+    }
+
+    /// Whether process `pid` changed the content (its `close` must upload it).
+    pub fn was_written_by(&self, pid: u32) -> bool {
+        self.writers.contains(&pid)
     }
 
     pub fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
