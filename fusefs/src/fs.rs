@@ -21,6 +21,8 @@ use crate::inode::Inodes;
 
 /// Blocks fetched ahead of a sequential reader.
 const READAHEAD_BLOCKS: u64 = 8;
+/// Rounds of `UploadFile` one upload may take.
+const UPLOAD_ATTEMPTS: usize = 4;
 /// Attempts to fetch a listing that no concurrent change disturbed.
 const LISTING_ATTEMPTS: usize = 5;
 
@@ -689,30 +691,40 @@ impl NetFs {
             owner: s.owner,
         };
         let _change = self.mutations.begin();
-        let mut answer = self.remote.call(&req).await?;
-        if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
-            let proofs = ranges
-                .iter()
-                .map(|r| s.range(r.offset, r.len).map(|bytes| md5_hex(&bytes)))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            answer = self.remote.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await?;
-        }
-        let attr = match answer {
-            UploadFileRes::Instant { attr } => {
-                tracing::debug!(%path, "instant upload");
-                attr
+        let mut uploaded = None;
+        // Another connection (or mount) may finish the same content first: asking again then settles it.
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let mut answer = self.remote.call(&req).await?;
+            if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+                let proofs = ranges
+                    .iter()
+                    .map(|r| s.range(r.offset, r.len).map(|bytes| md5_hex(&bytes)))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                answer = self.remote.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await?;
             }
-            UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
-                match self.send_chunks(s, upload_id, chunk_size, chunk_count).await? {
-                    Some(attr) => attr,
-                    None => match self.remote.call(&req).await? {
-                        UploadFileRes::Instant { attr } => attr,
-                        _ => return Err(FsError::Connection("the server did not complete the upload".into())),
-                    },
+            match answer {
+                UploadFileRes::Instant { attr } => {
+                    tracing::debug!(%path, "instant upload");
+                    uploaded = Some(attr);
+                    break;
+                }
+                UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+                    match self.send_chunks(s, upload_id, chunk_size, chunk_count).await {
+                        Ok(Some(attr)) => {
+                            uploaded = Some(attr);
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                UploadFileRes::Challenge { .. } => {
+                    return Err(FsError::Connection("a second ownership challenge".into()));
                 }
             }
-            UploadFileRes::Challenge { .. } => return Err(FsError::Connection("a second ownership challenge".into())),
-        };
+        }
+        let attr = uploaded.ok_or_else(|| FsError::Connection(format!("the upload of {path} did not complete")))?;
         s.dirty = false;
         let mut t = self.inodes();
         t.set_remote(ino, attr);

@@ -171,35 +171,34 @@ impl<S: Read + Write> Client<S> {
             mtime: None,
             owner: Owner::default(),
         };
-        let mut answer = self.call(&req)?;
-        if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
-            let proofs = ranges.iter().map(|r| md5_hex(range_of(data, r))).collect();
-            answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
-        }
-        match answer {
-            UploadFileRes::Instant { attr } => Ok(UploadOutcome { attr, instant: true, chunks_sent: 0 }),
-            UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
-                let (done, chunks_sent) = self.send_missing_chunks(upload_id, chunk_size, chunk_count, data)?;
-                let attr = match done {
-                    Some(attr) => attr,
-                    // Nothing was missing (another connection finished it): asking again completes it.
-                    None => match self.call(&req)? {
-                        UploadFileRes::Instant { attr } => attr,
-                        other => {
-                            return Err(ClientError::Protocol(format!(
-                                "upload not complete after all chunks: {other:?}"
-                            )))
-                        }
-                    },
-                };
-                Ok(UploadOutcome { attr, instant: false, chunks_sent })
+        let mut chunks_sent = 0;
+        // Another connection may finish (or take over) the same content meanwhile: then asking again settles it.
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let mut answer = self.call(&req)?;
+            if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+                let proofs = ranges.iter().map(|r| md5_hex(range_of(data, r))).collect();
+                answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
             }
-            UploadFileRes::Challenge { .. } => Err(ClientError::Protocol("a second challenge".into())),
+            match answer {
+                UploadFileRes::Instant { attr } => {
+                    return Ok(UploadOutcome { attr, instant: chunks_sent == 0, chunks_sent });
+                }
+                UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+                    let (done, sent) = self.send_missing_chunks(upload_id, chunk_size, chunk_count, data)?;
+                    chunks_sent += sent;
+                    if let Some(attr) = done {
+                        return Ok(UploadOutcome { attr, instant: false, chunks_sent });
+                    }
+                }
+                UploadFileRes::Challenge { .. } => return Err(ClientError::Protocol("a second challenge".into())),
+            }
         }
+        Err(ClientError::Protocol(format!("upload of {path} did not complete after {UPLOAD_ATTEMPTS} attempts")))
     }
 
     /// Asks which chunks are missing (L3 step one) and sends each (step two).
-    /// Returns the file's attributes if a chunk completed it, and how many chunks were sent.
+    /// Returns the file's attributes if a chunk completed it, and how many chunks were sent. `None` means the
+    /// upload ended without this connection completing it (another connection finished it): ask `UploadFile` again.
     pub fn send_missing_chunks(
         &mut self,
         upload_id: u64,
@@ -208,10 +207,13 @@ impl<S: Read + Write> Client<S> {
         data: &[u8],
     ) -> Result<(Option<Attr>, u32), ClientError> {
         let mut sent = 0;
-        let mut complete = None;
         let all: Vec<u32> = (0..chunk_count).collect();
         for batch in all.chunks(MAX_QUERY_INDEXES) {
-            let needed = self.call(&QueryChunk { upload_id, indexes: batch.to_vec() })?.needed;
+            let needed = match self.call(&QueryChunk { upload_id, indexes: batch.to_vec() }) {
+                Ok(res) => res.needed,
+                Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent)),
+                Err(e) => return Err(e),
+            };
             for index in needed {
                 let start = index as usize * chunk_size as usize;
                 let end = (start + chunk_size as usize).min(data.len());
@@ -219,16 +221,24 @@ impl<S: Read + Write> Client<S> {
                     .get(start..end)
                     .ok_or_else(|| ClientError::Protocol(format!("server asked for chunk {index} beyond the data")))?;
                 let req = UploadChunk { upload_id, index, md5: md5_hex(bytes) };
-                let (res, _) = self.call_with_payload(&req, bytes)?;
-                sent += 1;
-                if res.complete.is_some() {
-                    complete = res.complete;
+                match self.call_with_payload(&req, bytes) {
+                    Ok((res, _)) => {
+                        sent += 1;
+                        if res.complete.is_some() {
+                            return Ok((res.complete, sent));
+                        }
+                    }
+                    Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent + 1)),
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Ok((complete, sent))
+        Ok((None, sent))
     }
 }
+
+/// Rounds of `UploadFile` an upload may take (each one after a concurrent connection finished the content first).
+const UPLOAD_ATTEMPTS: usize = 4;
 
 /// The bytes of `data` a challenge range names (clamped to the data).
 pub fn range_of<'a>(data: &'a [u8], range: &ByteRange) -> &'a [u8] {
