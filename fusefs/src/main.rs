@@ -32,7 +32,7 @@ struct Cli {
     /// Zero set-up: run a netdisk-server on loopback with its data in this directory, and mount it.
     #[arg(long, value_name = "DIR")]
     local: Option<PathBuf>,
-    /// Where the directory appears.
+    /// Where the directory appears (created if missing).
     mountpoint: PathBuf,
     /// Local directory for staged writes and cached blocks [default: $XDG_CACHE_HOME/netdisk or ~/.cache/netdisk].
     #[arg(long)]
@@ -75,6 +75,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mountpoint = cli.mountpoint.clone();
     clear_stale_mount(&mountpoint);
+    if !mountpoint.exists() {
+        std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
+    }
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
