@@ -1,1 +1,668 @@
 //! Test harness: finds the built binaries, starts servers, cleans up on drop.
+//!
+//! Every test owns its own [`Server`]: its own temporary directory (data directory and log), its own port
+//! (`127.0.0.1:0`), its own process. Every wait is bounded: sockets get read and write timeouts, the server's
+//! start and stop have deadlines, and [`wait_until`] polls external state (processes, sockets) with a deadline.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use netdisk_protocol::client::{Client, ClientError};
+use netdisk_protocol::io::{read_frame, write_frame, Direction, Frame};
+use netdisk_protocol::{
+    md5_hex, ErrorCode, ProveOwnership, Request, UploadChunk, UploadChunkRes, UploadFile, UploadFileRes,
+};
+
+pub use netdisk_protocol;
+
+pub mod mount;
+
+/// Read and write timeout of every client socket: nothing in a test can hang longer than this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to print `listening on ...`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the server may take to exit after SIGTERM before the harness kills it.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The directory holding the workspace's built binaries (`target/debug`), found from this test executable
+/// (`target/debug/deps/server-HASH`), the way ripgrep's `tests/util.rs` does it.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("the test executable has a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The `netdisk-server` binary (`NETDISK_SERVER_BIN` overrides where it is looked for).
+pub fn server_bin() -> PathBuf {
+    let path = match std::env::var_os("NETDISK_SERVER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => bin_dir().join(format!("netdisk-server{}", std::env::consts::EXE_SUFFIX)),
+    };
+    assert!(
+        path.is_file(),
+        "the server binary {} is missing: build it first with `cargo build --workspace --bins` \
+         (the test command is `cargo build --workspace --bins && cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Command-line options of `netdisk-server serve`; `None` leaves the server's default.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOpts {
+    pub max_children: Option<usize>,
+    pub idle_timeout: Option<u64>,
+    pub stall_timeout: Option<u64>,
+    pub chunk_size: Option<u32>,
+}
+
+impl ServerOpts {
+    pub fn max_children(mut self, n: usize) -> Self {
+        self.max_children = Some(n);
+        self
+    }
+    pub fn idle_timeout(mut self, secs: u64) -> Self {
+        self.idle_timeout = Some(secs);
+        self
+    }
+    pub fn stall_timeout(mut self, secs: u64) -> Self {
+        self.stall_timeout = Some(secs);
+        self
+    }
+    pub fn chunk_size(mut self, bytes: u32) -> Self {
+        self.chunk_size = Some(bytes);
+        self
+    }
+}
+
+/// One `/proc/PID/stat` line, reduced to what the tests look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub comm: String,
+    /// `R`, `S`, `D`, `Z` (zombie), ...
+    pub state: char,
+    pub ppid: i32,
+}
+
+/// Parses `/proc/PID/stat`; `None` when the process is gone (or the line is unreadable).
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let mut rest = text.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcInfo { pid, comm, state, ppid })
+}
+
+/// Every process whose parent is `ppid`, zombies included, found by scanning `/proc/*/stat`.
+pub fn children_of(ppid: i32) -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out: Vec<ProcInfo> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .filter(|p| p.ppid == ppid)
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Polls `cond` every few milliseconds until it holds (true) or `timeout` passes (false).
+/// Only for observing external state (processes, sockets, the clock), never instead of a synchronisation.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `netdisk-server serve`, with its own temporary directory; SIGTERMed (then killed) on drop.
+pub struct Server {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pid: i32,
+    addr: SocketAddr,
+    status: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts a server on `127.0.0.1:0` with a fresh data directory and waits (at most 20 s) for `listening on`.
+    pub fn start(opts: ServerOpts) -> Server {
+        let bin = server_bin();
+        let dir = tempfile::Builder::new().prefix("netdisk-e2e-").tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let log_file = File::create(&log).expect("the server log file");
+
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve").arg("--data").arg(&data).args(["--listen", "127.0.0.1:0"]);
+        if let Some(n) = opts.max_children {
+            cmd.arg("--max-children").arg(n.to_string());
+        }
+        if let Some(s) = opts.idle_timeout {
+            cmd.arg("--idle-timeout").arg(s.to_string());
+        }
+        if let Some(s) = opts.stall_timeout {
+            cmd.arg("--stall-timeout").arg(s.to_string());
+        }
+        if let Some(b) = opts.chunk_size {
+            cmd.arg("--chunk-size").arg(b.to_string());
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let pid = child.id() as i32;
+
+        // The first stdout line, read on a thread so that the wait has a deadline; the thread then drains stdout.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel::<io::Result<String>>();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let first = reader.read_line(&mut line).map(|_| line);
+            let _ = tx.send(first);
+            let _ = io::copy(&mut reader, &mut io::sink());
+        });
+
+        let mut server =
+            Server { dir, data, log, child: Some(child), pid, addr: ([127, 0, 0, 1], 0).into(), status: None };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => panic!("reading the server's stdout: {e}\n{}", server.log_tail()),
+            Err(_) => {
+                panic!("the server printed no `listening on` line within {START_TIMEOUT:?}\n{}", server.log_tail())
+            }
+        };
+        let addr = line
+            .trim_end()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| {
+                panic!("the server's first stdout line is {line:?}, not `listening on IP:PORT`\n{}", server.log_tail())
+            });
+        server.addr = addr;
+        server
+    }
+
+    pub fn start_default() -> Server {
+        Server::start(ServerOpts::default())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server (parent) process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The server's `--data` directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The temporary directory holding the data directory and the log.
+    pub fn root_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `netdisk-server user add NAME --data DIR` with the password in `NETDISK_PASSWORD`; panics unless it succeeds.
+    pub fn add_user(&self, name: &str, password: &str) {
+        let out = Command::new(server_bin())
+            .args(["user", "add", name, "--data"])
+            .arg(&self.data)
+            .env("NETDISK_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netdisk-server user add");
+        assert!(
+            out.status.success(),
+            "`netdisk-server user add {name}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A TCP connection with read and write timeouts of [`IO_TIMEOUT`].
+    pub fn raw_connect(&self) -> TcpStream {
+        let stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.addr, self.log_tail()));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set_read_timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("set_write_timeout");
+        stream.set_nodelay(true).expect("set_nodelay");
+        stream
+    }
+
+    /// A client on a new connection (not logged in).
+    pub fn connect(&self) -> Client<TcpStream> {
+        Client::new(self.raw_connect())
+    }
+
+    /// A client on a new connection, logged in; panics if the login fails.
+    pub fn login(&self, user: &str, password: &str) -> Client<TcpStream> {
+        let mut client = self.connect();
+        client.login(user, password).unwrap_or_else(|e| panic!("login as {user}: {e}\n{}", self.log_tail()));
+        client
+    }
+
+    /// The server's child processes (one per connection), zombies included.
+    pub fn children(&self) -> Vec<ProcInfo> {
+        children_of(self.pid)
+    }
+
+    /// The server's children that are not zombies.
+    pub fn live_children(&self) -> Vec<ProcInfo> {
+        self.children().into_iter().filter(|p| p.state != 'Z').collect()
+    }
+
+    /// The server's children that exited and were not reaped.
+    pub fn zombies(&self) -> Vec<ProcInfo> {
+        self.children().into_iter().filter(|p| p.state == 'Z').collect()
+    }
+
+    /// Waits (bounded) until the server has exactly `n` children and none of them is a zombie.
+    pub fn wait_for_children(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let c = self.children();
+            c.len() == n && c.iter().all(|p| p.state != 'Z')
+        })
+    }
+
+    /// Sends a signal to the server (parent) process.
+    pub fn signal(&self, sig: i32) {
+        if self.child.is_some() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+            let rc = unsafe { libc::kill(self.pid, sig) };
+            assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid, io::Error::last_os_error());
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the server to exit. `None` if it is still running then.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.status {
+            return Some(status);
+        }
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the server process to exit, reaping it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.status {
+            return Some(status);
+        }
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for the server: {e}"),
+            }
+        }
+    }
+
+    /// The server's log (its stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// The end of the server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let start = log.len().saturating_sub(6000);
+        let start = (start..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(log.len());
+        format!("--- server log (tail) ---\n{}\n--- end of server log ---", &log[start..])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server {} (pid {}):\n{}", self.addr, self.pid, self.log_tail());
+        }
+        let Some(mut child) = self.child.take() else { return };
+        let children: Vec<i32> = children_of(self.pid).iter().map(|p| p.pid).collect();
+        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            eprintln!("server pid {} did not stop within {STOP_TIMEOUT:?} of SIGTERM: killing it", self.pid);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Connection processes the server left behind (it should leave none): they were its children, started by
+        // this test; kill those still running under its name.
+        for pid in children {
+            if let Some(p) = proc_info(pid) {
+                if p.comm.starts_with("netdisk-server") && p.ppid != self.pid && p.state != 'Z' {
+                    eprintln!("server pid {} left connection process {pid} behind: killing it", self.pid);
+                    // SAFETY: kill(2) on a leftover process of the server this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), seeded per test: no `rand` crate needed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Mix the seed so that small seeds (0, 1, 2 ...) give unrelated streams; never zero.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&last[..n]);
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// `len` pseudo-random bytes from `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    Rng::new(seed).bytes(len)
+}
+
+/// The server's error code of a failed call; panics (with `what`) on success or on a non-server error.
+pub fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>, what: &str) -> ErrorCode {
+    match result {
+        Ok(v) => panic!("{what}: expected an error answer, got {v:?}"),
+        Err(ClientError::Server(e)) => e.code,
+        Err(e) => panic!("{what}: expected an error answer from the server, got {e}"),
+    }
+}
+
+/// Asserts that a call failed with exactly `want`.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, want: ErrorCode, what: &str) {
+    let got = code_of(result, what);
+    assert_eq!(got, want, "{what}: wrong error code");
+}
+
+/// The `UploadFile` request for `data` at `path`.
+pub fn upload_request(path: &str, data: &[u8]) -> UploadFile {
+    UploadFile {
+        path: path.into(),
+        size: data.len() as u64,
+        md5: md5_hex(data),
+        mode: 0o644,
+        mtime: None,
+        owner: Default::default(),
+    }
+}
+
+/// The layout of an upload the server asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadSlot {
+    pub upload_id: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u32,
+}
+
+impl UploadSlot {
+    /// The bytes of chunk `index` of `data`.
+    pub fn chunk<'a>(&self, data: &'a [u8], index: u32) -> &'a [u8] {
+        let start = index as usize * self.chunk_size as usize;
+        let end = (start + self.chunk_size as usize).min(data.len());
+        &data[start..end]
+    }
+}
+
+/// Starts an upload the low-level way: `UploadFile`, and when challenged, `ProveOwnership` with wrong proofs
+/// (so that it never turns instant). Panics unless the server ends up asking for chunks.
+pub fn begin_upload(client: &mut Client<TcpStream>, path: &str, data: &[u8]) -> UploadSlot {
+    let req = upload_request(path, data);
+    let mut answer = client.call(&req).unwrap_or_else(|e| panic!("UploadFile {path}: {e}"));
+    if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+        let proofs = vec!["0".repeat(32); ranges.len()];
+        answer = client
+            .call(&ProveOwnership { challenge_id: *challenge_id, proofs })
+            .unwrap_or_else(|e| panic!("ProveOwnership {path}: {e}"));
+    }
+    match answer {
+        UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+            UploadSlot { upload_id, chunk_size, chunk_count }
+        }
+        other => panic!("UploadFile {path}: expected an upload, got {other:?}"),
+    }
+}
+
+/// Sends chunk `index` of `data` with its correct md5.
+pub fn send_chunk(
+    client: &mut Client<TcpStream>,
+    slot: &UploadSlot,
+    data: &[u8],
+    index: u32,
+) -> Result<UploadChunkRes, ClientError> {
+    let bytes = slot.chunk(data, index);
+    let req = UploadChunk { upload_id: slot.upload_id, index, md5: md5_hex(bytes) };
+    client.call_with_payload(&req, bytes).map(|(res, _)| res)
+}
+
+/// The read side of a connection as a `Read + Write` whose writes go nowhere: a [`Client`] over it parses the
+/// answers to requests that were written elsewhere (see [`Pipeline`]).
+pub struct ReadHalf(pub TcpStream);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for ReadHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pipelined requests on one connection: [`Pipeline::send`] writes requests without waiting, and
+/// [`Pipeline::recv`] reads their answers in the same order (the server answers in order).
+/// Request ids are 1, 2, 3 ... on both sides, so the client's id check still matches every answer.
+pub struct Pipeline {
+    writer: TcpStream,
+    next_id: u64,
+    reader: Client<ReadHalf>,
+}
+
+impl Pipeline {
+    /// A pipeline over a connection on which no request was sent yet.
+    pub fn new(stream: TcpStream) -> Pipeline {
+        let writer = stream.try_clone().expect("clone the socket");
+        Pipeline { writer, next_id: 1, reader: Client::new(ReadHalf(stream)) }
+    }
+
+    /// Logs in through the pipeline (as its first request); panics if the login fails.
+    pub fn login(&mut self, user: &str, password: &str) {
+        let req = netdisk_protocol::Login { user: user.into(), password: password.into() };
+        self.send(&req, &[]).expect("send Login");
+        self.recv(&req).unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    }
+
+    /// A second handle on the socket, to write from another thread (then write only through it).
+    pub fn writer(&self) -> PipelineWriter {
+        PipelineWriter { stream: self.writer.try_clone().expect("clone the socket"), next_id: self.next_id }
+    }
+
+    /// Writes a request without waiting for its answer.
+    pub fn send<R: Request>(&mut self, req: &R, payload: &[u8]) -> io::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_frame(&mut self.writer, R::KIND, id, req, payload)
+    }
+
+    /// Reads the answer to the oldest request not answered yet; `req` must be (a request of the type of) that one.
+    pub fn recv<R: Request>(&mut self, req: &R) -> Result<R::Response, ClientError> {
+        self.reader.call(req)
+    }
+
+    /// Like [`Pipeline::recv`], with the answer's payload.
+    pub fn recv_with_payload<R: Request>(&mut self, req: &R) -> Result<(R::Response, Vec<u8>), ClientError> {
+        self.reader.call_with_payload(req, &[])
+    }
+}
+
+/// Writes a pipeline's requests from another thread (ids continue from where the pipeline was).
+pub struct PipelineWriter {
+    stream: TcpStream,
+    next_id: u64,
+}
+
+impl PipelineWriter {
+    pub fn send<R: Request>(&mut self, req: &R, payload: &[u8]) -> io::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        write_frame(&mut self.stream, R::KIND, id, req, payload)
+    }
+}
+
+/// Reads one frame the server sends (a response, or an error frame it sends unasked).
+pub fn read_response_frame(stream: &mut TcpStream) -> Result<Frame, netdisk_protocol::io::FrameError> {
+    read_frame(stream, Direction::Response)
+}
+
+/// The value of a string field of a flat JSON object (such as an error frame's `{"code":"busy","message":"..."}`),
+/// without a JSON library: enough for the error frames the server sends unasked.
+pub fn json_string_field(json: &[u8], field: &str) -> Option<String> {
+    let text = std::str::from_utf8(json).ok()?;
+    let key = format!("\"{field}\"");
+    let after_key = &text[text.find(&key)? + key.len()..];
+    let after_colon = after_key.trim_start().strip_prefix(':')?.trim_start();
+    let body = after_colon.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// How a peer's connection ended, as seen by [`read_until_closed`].
+#[derive(Debug)]
+pub struct Closed {
+    /// Bytes that arrived before the end.
+    pub received: Vec<u8>,
+    /// Time from the call until the end.
+    pub after: Duration,
+}
+
+/// Reads until the server closes the connection (EOF or reset), at most `timeout`.
+/// `Err` (with what arrived) if the connection is still open then.
+pub fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> Result<Closed, Vec<u8>> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(received);
+        }
+        stream.set_read_timeout(Some(left)).expect("set_read_timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(Closed { received, after: start.elapsed() }),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // ECONNRESET and friends: the server closed it (with our unread bytes still in its buffer).
+            Err(_) => return Ok(Closed { received, after: start.elapsed() }),
+        }
+    }
+}
+
+/// Writes `bytes`; a write error means the peer closed the connection already (returns false).
+pub fn write_or_closed(stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    stream.write_all(bytes).and_then(|()| stream.flush()).is_ok()
+}
+
+/// Every path under `root`, relative to it (directories end with `/`).
+pub fn tree_of(root: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.insert(format!("{rel}/"));
+                walk(root, &path, out);
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}

@@ -1,0 +1,282 @@
+//! End-to-end tests of `netdisk-mount`: a real server process, a real FUSE mount, real shell tools.
+//! Every test owns its server and mounts; the guards unmount and stop them also when a test fails.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netdisk_e2e::mount::{is_mounted, mount_must_fail, Mount};
+use netdisk_e2e::{random_bytes, wait_until, Server};
+
+/// The bound on seeing another mount's changes (the mount's default `--attr-timeout` is 1 s), with room for a slow CI machine.
+const VISIBILITY: Duration = Duration::from_secs(4);
+
+/// A server with user `ann` and one mount of her tree. Fields drop in order: the mount before the server.
+struct Fixture {
+    mount: Mount,
+    server: Server,
+}
+
+fn fixture() -> Fixture {
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    let mount = Mount::start(&server, "ann", "pw");
+    Fixture { mount, server }
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+#[test]
+fn big_file_in_and_out_byte_exact() {
+    let f = fixture();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("big.bin");
+    write_file(&src, &random_bytes(1, 100 << 20));
+    let src = src.display();
+    f.mount.sh_ok(&format!("cp {src} big.bin && cmp {src} big.bin"));
+    let out = local.path().join("back.bin");
+    f.mount.sh_ok(&format!("cp big.bin {} && cmp {src} {}", out.display(), out.display()));
+    // A fresh mount has no cache: the bytes come from the server.
+    let second = Mount::start(&f.server, "ann", "pw");
+    second.sh_ok(&format!("cmp {src} big.bin"));
+}
+
+#[test]
+fn copy_a_tree_of_a_thousand_files_and_diff_it() {
+    let f = fixture();
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("tree");
+    for d in 0..20 {
+        let dir = tree.join(format!("dir{d:02}")).join("sub");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..50 {
+            let seed = d * 100 + i;
+            write_file(&dir.join(format!("file{i:02}.txt")), &random_bytes(seed, (seed as usize * 37) % 8192));
+        }
+    }
+    f.mount.sh_ok(&format!("cp -r {} tree && diff -r {} tree", tree.display(), tree.display()));
+    let count = f.mount.sh_ok("find tree -type f | wc -l");
+    assert_eq!(count.trim(), "1000");
+}
+
+#[test]
+fn shell_tools_behave_as_on_a_local_disk() {
+    let f = fixture();
+    let m = &f.mount;
+    m.sh_ok("mkdir -p a/b/c && echo one > a/b/c/f && test -d a/b/c");
+    m.sh_ok("mv a/b/c/f a/g && test ! -e a/b/c/f && test \"$(cat a/g)\" = one");
+    m.sh_ok("mv a/b z && test -d z/c && test ! -e a/b");
+    m.sh_ok("echo two >> a/g && test \"$(cat a/g)\" = \"$(printf 'one\\ntwo')\"");
+    m.sh_ok("truncate -s 2 a/g && test \"$(cat a/g)\" = on && truncate -s 5 a/g && test $(stat -c %s a/g) = 5");
+    m.sh_ok("touch -d '2001-02-03 04:05:06.123456789' a/g && test \"$(stat -c %y a/g)\" = '2001-02-03 04:05:06.123456789 +0000'");
+    m.sh_ok("chmod 4751 a/g && test $(stat -c %a a/g) = 4751");
+    m.sh_ok(
+        "printf 'hello world\\n' > s.txt && sed -i 's/world/there/' s.txt && test \"$(cat s.txt)\" = 'hello there'",
+    );
+    m.sh_ok("rm -rf z a && test -z \"$(ls)\" || ls | grep -qx s.txt");
+    m.sh_ok("mkdir d && touch d/x && ! rmdir d 2>/dev/null && rm d/x && rmdir d");
+    // Every change reached the server: a second mount sees the same tree.
+    let second = Mount::start(&f.server, "ann", "pw");
+    assert_eq!(second.sh_ok("ls"), "s.txt\n");
+    assert_eq!(second.sh_ok("cat s.txt"), "hello there\n");
+}
+
+#[test]
+fn deleted_files_never_come_back() {
+    let f = fixture();
+    let other = Mount::start(&f.server, "ann", "pw");
+    f.mount.sh_ok("mkdir doomed && cd doomed && for i in $(seq 1 1000); do : > f$i; done");
+    assert_eq!(f.mount.sh_ok("ls doomed | wc -l").trim(), "1000");
+    assert!(
+        wait_until(VISIBILITY, || other.sh("ls doomed | wc -l").stdout == b"1000\n"),
+        "the other mount sees the files"
+    );
+    f.mount.sh_ok("rm -rf doomed");
+    let started = Instant::now();
+    let mut other_clear = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        let here = f.mount.sh_ok("ls -a");
+        assert!(!here.contains("doomed"), "the deleted directory is back: {here}");
+        let there = other.sh("ls doomed 2>/dev/null | wc -l");
+        let there = String::from_utf8_lossy(&there.stdout).trim().to_string();
+        match other_clear {
+            None if there == "0" => other_clear = Some(started.elapsed()),
+            Some(at) => {
+                assert_eq!(there, "0", "deleted files reappeared on the other mount {at:?} after they were gone")
+            }
+            None => {}
+        }
+    }
+    let at = other_clear.expect("the other mount stopped showing the deleted files");
+    assert!(at <= VISIBILITY, "the other mount saw the deletion after {at:?}");
+}
+
+#[test]
+fn two_mounts_see_each_others_files() {
+    let f = fixture();
+    let other = Mount::start(&f.server, "ann", "pw");
+    let data = random_bytes(7, 3 << 20);
+    // Being written: invisible on the other mount until closed (L8).
+    let mut open = std::fs::File::create(f.mount.join("growing.bin")).unwrap();
+    open.write_all(&data).unwrap();
+    open.flush().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(!other.join("growing.bin").exists(), "a file still being written is visible on the other mount");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(open);
+    assert!(
+        wait_until(VISIBILITY, || std::fs::read(other.join("growing.bin")).is_ok_and(|d| d == data)),
+        "the closed file is not readable, byte-exact, on the other mount"
+    );
+    // And the other way round, replacing content.
+    let newer = random_bytes(8, 100_000);
+    write_file(&other.join("growing.bin"), &newer);
+    assert!(
+        wait_until(VISIBILITY, || std::fs::read(f.mount.join("growing.bin")).is_ok_and(|d| d == newer)),
+        "the new content is not visible on the first mount"
+    );
+}
+
+#[test]
+fn copying_in_content_the_server_holds_sends_no_chunk() {
+    let f = fixture();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src.bin");
+    write_file(&src, &random_bytes(3, 5 << 20));
+    f.mount.sh_ok(&format!("cp {} first.bin", src.display()));
+    f.mount.sh_ok(&format!("cp {} second.bin && cmp {} second.bin", src.display(), src.display()));
+    let log = f.server.log();
+    assert!(log.contains("upload complete path=/first.bin"), "the first copy was uploaded\n{}", f.server.log_tail());
+    assert!(
+        log.lines().any(|l| l.contains("instant upload") && l.contains("path=/second.bin")),
+        "the second copy was not instant\n{}",
+        f.server.log_tail()
+    );
+    assert!(!log.contains("upload complete path=/second.bin"), "the second copy sent chunks");
+}
+
+#[test]
+fn mounting_fails_clearly_without_a_server_or_with_a_wrong_password() {
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let (status, stderr, mounted) = mount_must_fail(&["--server", &addr, "--user", "ann"], "pw");
+    assert!(!status.success() && !mounted, "mounting without a server: {status}");
+    assert!(stderr.contains("cannot reach the server"), "unclear message: {stderr}");
+
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    let (status, stderr, mounted) =
+        mount_must_fail(&["--server", &server.addr().to_string(), "--user", "ann"], "wrong");
+    assert!(!status.success() && !mounted, "mounting with a wrong password: {status}");
+    assert!(stderr.contains("refused the login"), "unclear message: {stderr}");
+}
+
+fn assert_clean_exit(mut mount: Mount, how: &str) {
+    let status =
+        mount.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("netdisk-mount still runs after {how}"));
+    assert!(status.success(), "netdisk-mount exited with {status} after {how}\n{}", mount.log_tail());
+    assert!(!is_mounted(mount.path()), "still mounted after {how}");
+}
+
+#[test]
+fn sigterm_and_fusermount_unmount_cleanly() {
+    let f = fixture();
+    f.mount.sh_ok("echo kept > note.txt");
+    let Fixture { mount, server } = f;
+    mount.signal(libc::SIGTERM);
+    assert_clean_exit(mount, "SIGTERM");
+
+    let mount = Mount::start(&server, "ann", "pw");
+    assert_eq!(mount.sh_ok("cat note.txt"), "kept\n");
+    let status = Command::new("fusermount3").arg("-u").arg(mount.path()).status().expect("fusermount3 (package fuse3)");
+    assert!(status.success(), "fusermount3 -u failed");
+    assert_clean_exit(mount, "fusermount3 -u");
+
+    let mount = Mount::start(&server, "ann", "pw");
+    let status = Command::new("umount").arg(mount.path()).status().expect("umount");
+    assert!(status.success(), "umount failed");
+    assert_clean_exit(mount, "umount");
+}
+
+#[test]
+fn local_mode_keeps_its_data_between_mounts() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let mount = Mount::start_local(data.path());
+        mount.sh_ok("mkdir docs && echo hi > docs/readme");
+    }
+    let mount = Mount::start_local(data.path());
+    assert_eq!(mount.sh_ok("cat docs/readme"), "hi\n");
+}
+
+#[test]
+fn a_mount_left_by_a_killed_client_is_cleared_at_the_next_start() {
+    let f = fixture();
+    f.mount.sh_ok("echo survives > f.txt");
+    let Fixture { mount, server } = f;
+    let dir = mount.kill_and_leave_mount();
+    let dead = std::fs::metadata(dir.path().join("mnt")).expect_err("a dead mount answers nothing");
+    assert_eq!(dead.raw_os_error(), Some(libc::ENOTCONN), "not a dead mount: {dead}");
+    let mount = Mount::start_in(&server, "ann", "pw", dir);
+    assert_eq!(mount.sh_ok("cat f.txt"), "survives\n");
+}
+
+#[test]
+fn links_special_files_owners_and_random_writes() {
+    let f = fixture();
+    let m = &f.mount;
+    m.sh_ok("echo data > f && ln -s f sym && test \"$(readlink sym)\" = f && test \"$(cat sym)\" = data");
+    m.sh_ok("ln f hard && test $(stat -c %h f) = 2 && test $(stat -c %i f) = $(stat -c %i hard) && rm f && cat hard | grep -qx data");
+    m.sh_ok("mkfifo pipe && test -p pipe && mknod dev c 1 7 && test -c dev && test \"$(stat -c %t,%T dev)\" = 1,7");
+    m.sh_ok("chown 1234:5678 hard && test \"$(stat -c %u:%g hard)\" = 1234:5678");
+    m.sh_ok("chmod 1777 . 2>/dev/null; mkdir sticky && chmod 1777 sticky && test $(stat -c %a sticky) = 1777");
+    // Random writes and appends inside one open file.
+    m.sh_ok("printf 0123456789 > r && printf AB | dd of=r bs=1 seek=3 conv=notrunc status=none && test \"$(cat r)\" = 012AB56789");
+    m.sh_ok("printf XY | dd of=r bs=1 seek=12 conv=notrunc status=none && test $(stat -c %s r) = 14");
+    m.sh_ok("exec 3<>r && printf Z >&3 && exec 3>&- && test \"$(head -c 3 r)\" = Z12");
+    // mv -n must not replace (coreutils uses RENAME_NOREPLACE where it can).
+    m.sh_ok("echo keep > t && mv -n r t; test \"$(cat t)\" = keep");
+    m.sh_ok("df -P . | tail -1 | awk '{ exit !($2 > 0) }'");
+    let second = Mount::start(&f.server, "ann", "pw");
+    second.sh_ok(
+        "test -p pipe && test -c dev && test -L sym && test $(stat -c %a sticky) = 1777 && test $(stat -c %s r) = 14",
+    );
+}
+
+#[test]
+fn a_failed_upload_fails_close_and_keeps_the_data() {
+    let f = fixture();
+    f.mount.sh_ok("echo before > before.txt");
+    let Fixture { mount, mut server } = f;
+    let mut file = std::fs::File::create(mount.join("lost.txt")).unwrap();
+    server.terminate(Duration::from_secs(10)).expect("the server stops");
+    file.write_all(b"precious bytes\n").expect("writes go to the local staging file");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: closing a descriptor this test owns (taken out of the File), once.
+    let rc = unsafe { libc::close(fd) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close must report the failed upload");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "close should fail with EIO: {err}");
+    let staging = mount.work_dir().join("cache").join("staging");
+    let kept: Vec<_> = std::fs::read_dir(&staging).unwrap().filter_map(|e| e.ok()).collect();
+    assert!(
+        kept.iter().any(|e| std::fs::read(e.path()).is_ok_and(|d| d == b"precious bytes\n")),
+        "the staged data is not kept in {}: {:?}\n{}",
+        staging.display(),
+        kept.iter()
+            .map(|e| (e.path(), std::fs::read(e.path()).map(|d| String::from_utf8_lossy(&d).into_owned())))
+            .collect::<Vec<_>>(),
+        mount.log_tail()
+    );
+    // Calls that need the server fail quickly instead of hanging.
+    let started = Instant::now();
+    let out = mount.sh("cat before.txt; ls -la > /dev/null");
+    assert!(started.elapsed() < Duration::from_secs(60), "calls hung while the server was down");
+    drop(out);
+}

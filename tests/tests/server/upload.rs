@@ -1,0 +1,477 @@
+//! Uploads: chunking, resuming, instant uploads within one user, verification of chunks and of whole files,
+//! and many clients at once.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use netdisk_e2e::netdisk_protocol::{
+    md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_PAYLOAD,
+};
+use netdisk_e2e::{begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, ServerOpts};
+
+use netdisk_e2e::netdisk_protocol::client::range_of;
+
+use crate::{
+    alice, assert_same_bytes, bob, server_with_alice, server_with_alice_and_bob, ALICE, ALICE_PW, CAROL, CAROL_PW,
+};
+
+const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+#[test]
+fn chunked_upload_then_download() {
+    let chunk = 65536usize;
+    let server = server_with_alice(ServerOpts::default().chunk_size(chunk as u32));
+    let mut c = alice(&server);
+    // 1 MiB plus an odd remainder: 17 chunks, the last one short.
+    let data = random_bytes(1, 1024 * 1024 + 12345);
+    let want_chunks = data.len().div_ceil(chunk) as u32;
+    assert_eq!(want_chunks, 17);
+
+    let out = c.upload("/big.bin", &data, 0o640).expect("upload");
+    assert!(!out.instant, "new content is not instant");
+    assert_eq!(out.chunks_sent, want_chunks, "every chunk is sent once");
+    assert_eq!(out.attr.size, data.len() as u64);
+    assert_eq!(out.attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+    assert_eq!(out.attr.mode & 0o7777, 0o640);
+
+    let attr = c.stat("/big.bin").expect("stat");
+    assert_eq!(attr.size, data.len() as u64);
+    assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+    assert_eq!(attr.ino, out.attr.ino);
+    assert_eq!(attr.nlink, 1);
+
+    assert_same_bytes(&c.read_file("/big.bin").expect("download"), &data, "whole download");
+
+    // Ranges: across chunk boundaries, unaligned, clamped at the end, at the end, past the end.
+    let size = data.len() as u64;
+    let cases: [(u64, u32); 6] =
+        [(0, 10), (65530, 20), (123_457, 300_001), (size - 10, 100), (size - 1, 1), (size, 50)];
+    for (offset, len) in cases {
+        let (res, bytes) = c.download("/big.bin", offset, len).expect("ranged download");
+        let end = (offset + len as u64).min(size) as usize;
+        assert_same_bytes(&bytes, &data[offset as usize..end], &format!("range {offset}+{len}"));
+        assert_eq!(res.size, size);
+        assert_eq!(res.offset, offset);
+        assert_eq!(res.md5, md5_hex(&data));
+    }
+    // The whole file in ranges of an odd length, stitched together.
+    let mut stitched = Vec::new();
+    while (stitched.len() as u64) < size {
+        let (_, bytes) = c.download("/big.bin", stitched.len() as u64, 100_003).expect("range");
+        assert!(!bytes.is_empty(), "a range before the end is not empty");
+        stitched.extend_from_slice(&bytes);
+    }
+    assert_same_bytes(&stitched, &data, "download in 100003-byte ranges");
+
+    // Another connection of the same user sees the same bytes.
+    assert_same_bytes(&alice(&server).read_file("/big.bin").expect("download"), &data, "second connection");
+    expect_code(c.download("/missing", 0, 10), ErrorCode::NotFound, "download of a missing path");
+}
+
+#[test]
+fn file_larger_than_one_download_range() {
+    // Default chunk size (4 MiB): 16 MiB + 777 bytes is 5 chunks and needs two Download ranges of at most 16 MiB.
+    let server = server_with_alice(ServerOpts::default());
+    let mut c = alice(&server);
+    let data = random_bytes(2, MAX_PAYLOAD as usize + 777);
+    let out = c.upload("/huge", &data, 0o644).expect("upload");
+    assert_eq!(out.chunks_sent, 5);
+    let (res, first) = c.download("/huge", 0, MAX_PAYLOAD).expect("first range");
+    assert_eq!(first.len(), MAX_PAYLOAD as usize, "the first range is a full payload");
+    assert_eq!(res.size, data.len() as u64);
+    assert_same_bytes(&c.read_file("/huge").expect("read_file"), &data, "read_file over two ranges");
+}
+
+#[test]
+fn empty_file_is_instant() {
+    let server = server_with_alice(ServerOpts::default());
+    let mut c = alice(&server);
+    let out = c.upload("/empty", b"", 0o600).expect("upload of an empty file");
+    assert!(out.instant, "an empty file needs no chunk");
+    assert_eq!(out.chunks_sent, 0);
+    assert_eq!(out.attr.size, 0);
+    assert_eq!(out.attr.md5.as_deref(), Some(EMPTY_MD5));
+    let attr = c.stat("/empty").expect("stat");
+    assert_eq!(attr.size, 0);
+    assert_eq!(attr.mode & 0o7777, 0o600);
+    assert!(c.read_file("/empty").expect("download").is_empty());
+    let (res, bytes) = c.download("/empty", 0, 4096).expect("download range");
+    assert!(bytes.is_empty());
+    assert_eq!(res.size, 0);
+    assert_eq!(c.names("/").expect("list"), vec!["empty".to_string()]);
+}
+
+#[test]
+fn upload_to_an_existing_path_replaces_the_content() {
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let mut c = alice(&server);
+    let first = random_bytes(3, 200_000);
+    let second = random_bytes(4, 70_000);
+    let a1 = c.upload("/f", &first, 0o644).expect("first upload").attr;
+    c.call(&netdisk_e2e::netdisk_protocol::Link { existing: "/f".into(), new: "/f-link".into() }).expect("hard link");
+    let a2 = c.upload("/f", &second, 0o644).expect("second upload").attr;
+    assert_eq!(a2.ino, a1.ino, "new content keeps the node");
+    assert_eq!(a2.size, second.len() as u64);
+    assert_eq!(a2.md5.as_deref(), Some(md5_hex(&second).as_str()));
+    assert_same_bytes(&c.read_file("/f").expect("download"), &second, "replaced content");
+    assert_same_bytes(&c.read_file("/f-link").expect("download"), &second, "the other name of the node");
+    // Back to the first content: the user held it once, but no longer does (the only holder was replaced),
+    // so whatever path the upload takes, the result must be right.
+    c.upload("/f", &first, 0o644).expect("third upload");
+    assert_same_bytes(&c.read_file("/f").expect("download"), &first, "first content again");
+    // An empty upload empties it.
+    let a3 = c.upload("/f", b"", 0o644).expect("empty upload").attr;
+    assert_eq!(a3.ino, a1.ino);
+    assert_eq!(a3.size, 0);
+    assert!(c.read_file("/f-link").expect("download").is_empty());
+}
+
+#[test]
+fn interrupted_upload_resumes_with_only_the_missing_chunks() {
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let data = random_bytes(5, 9 * 65536 + 1234); // 10 chunks, the last one short
+    let sent_first = [0u32, 2, 3, 7, 9];
+
+    let slot = {
+        let mut c1 = alice(&server);
+        let slot = begin_upload(&mut c1, "/resume.bin", &data);
+        assert_eq!(slot.chunk_size, 65536);
+        assert_eq!(slot.chunk_count, 10);
+        let needed = c1.call(&QueryChunk { upload_id: slot.upload_id, indexes: (0..10).collect() }).expect("query");
+        assert_eq!(needed.needed, (0..10).collect::<Vec<_>>(), "a new upload needs every chunk");
+        for &i in &sent_first {
+            let res = send_chunk(&mut c1, &slot, &data, i).expect("chunk");
+            assert_eq!(res.index, i);
+            assert!(res.complete.is_none(), "chunk {i} does not complete the file");
+        }
+        slot
+        // c1 is dropped here: the connection goes away mid-upload.
+    };
+
+    let mut c2 = alice(&server);
+    expect_code(c2.stat("/resume.bin"), ErrorCode::NotFound, "a half-uploaded file is invisible");
+    match c2.call(&upload_request("/resume.bin", &data)).expect("UploadFile again") {
+        UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+            assert_eq!((chunk_size, chunk_count), (slot.chunk_size, slot.chunk_count), "same chunk layout");
+            let needed = c2.call(&QueryChunk { upload_id, indexes: (0..chunk_count).collect() }).expect("query").needed;
+            assert_eq!(needed, vec![1, 4, 5, 6, 8], "exactly the chunks not sent before are needed");
+            // A query for a subset answers for that subset only.
+            let some = c2.call(&QueryChunk { upload_id, indexes: vec![9, 8, 0, 1] }).expect("query").needed;
+            let mut some_sorted = some.clone();
+            some_sorted.sort_unstable();
+            assert_eq!(some_sorted, vec![1, 8], "subset query");
+
+            let (done, sent) = c2.send_missing_chunks(upload_id, chunk_size, chunk_count, &data).expect("finish");
+            assert_eq!(sent, 5, "only the missing chunks are sent");
+            let attr = done.expect("the last missing chunk completes the file");
+            assert_eq!(attr.size, data.len() as u64);
+            assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+        }
+        other => panic!("resuming must answer Upload, got {other:?}"),
+    }
+    assert_same_bytes(&c2.read_file("/resume.bin").expect("download"), &data, "resumed upload");
+    // Once complete, the same content is instant for this user.
+    let again = c2.upload("/resume-copy.bin", &data, 0o644).expect("upload of held content");
+    assert!(again.instant);
+}
+
+#[test]
+fn same_user_instant_upload() {
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let mut c = alice(&server);
+    let data = random_bytes(6, 300_000);
+    let a = c.upload("/a", &data, 0o644).expect("first upload");
+    assert!(!a.instant);
+    assert_eq!(a.chunks_sent, 5);
+    // Same content, another path: md5 + size is enough within one user, no challenge, no chunk.
+    match c.call(&upload_request("/b", &data)).expect("UploadFile") {
+        UploadFileRes::Instant { attr } => {
+            assert_eq!(attr.size, data.len() as u64);
+            assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+            assert_ne!(attr.ino, a.attr.ino, "a new path is a new node");
+        }
+        other => panic!("same-user upload of held content must be Instant, got {other:?}"),
+    }
+    let c_out = c.upload("/dir-less-copy", &data, 0o600).expect("third copy via the client");
+    assert!(c_out.instant);
+    assert_eq!(c_out.chunks_sent, 0);
+    for path in ["/a", "/b", "/dir-less-copy"] {
+        assert_same_bytes(&c.read_file(path).expect("download"), &data, path);
+    }
+    // Deleting the first copy keeps the others.
+    c.delete_file("/a").expect("delete /a");
+    assert_same_bytes(&c.read_file("/b").expect("download"), &data, "/b after deleting /a");
+    // Another connection of the same user also gets it instantly.
+    assert!(alice(&server).upload("/from-conn-2", &data, 0o644).expect("upload").instant);
+}
+
+#[test]
+fn chunk_not_matching_its_md5_is_refused_and_still_needed() {
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let mut c = alice(&server);
+    let data = random_bytes(7, 3 * 65536 + 100); // 4 chunks
+    let slot = begin_upload(&mut c, "/checked", &data);
+    assert_eq!(slot.chunk_count, 4);
+
+    // Chunk 1's bytes with an md5 of other bytes.
+    let bytes = slot.chunk(&data, 1);
+    let mut flipped = bytes.to_vec();
+    flipped[100] ^= 0xFF;
+    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 1, md5: md5_hex(&flipped) }, bytes);
+    expect_code(res, ErrorCode::ChecksumMismatch, "chunk bytes that do not match their md5");
+    // Corrupted bytes declared with the right md5 of the real chunk.
+    let res = c.call_with_payload(
+        &UploadChunk { upload_id: slot.upload_id, index: 2, md5: md5_hex(slot.chunk(&data, 2)) },
+        &{
+            let mut b = slot.chunk(&data, 2).to_vec();
+            b[0] ^= 1;
+            b
+        },
+    );
+    expect_code(res, ErrorCode::ChecksumMismatch, "corrupted bytes");
+    let needed = c.call(&QueryChunk { upload_id: slot.upload_id, indexes: vec![0, 1, 2, 3] }).expect("query").needed;
+    assert_eq!(needed, vec![0, 1, 2, 3], "refused chunks are still needed");
+
+    // A payload of the wrong length is refused too, and the framing survives it.
+    let short = &slot.chunk(&data, 0)[..1000];
+    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(short) }, short);
+    code_of(res, "a chunk of the wrong length");
+    // The last chunk at full chunk size (longer than the file's remainder) is refused.
+    let long = &data[3 * 65536 - (65536 - 100)..];
+    assert_eq!(long.len(), 65536);
+    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 3, md5: md5_hex(long) }, long);
+    code_of(res, "a last chunk longer than the file's remainder");
+    // A chunk index past the end is refused.
+    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 4, md5: md5_hex(b"abc") }, b"abc");
+    code_of(res, "a chunk index past the end");
+
+    // The right bytes then work, and the file is exactly the data.
+    let needed = c.call(&QueryChunk { upload_id: slot.upload_id, indexes: vec![0, 1, 2, 3] }).expect("query").needed;
+    assert_eq!(needed, vec![0, 1, 2, 3], "nothing was stored by the refused chunks");
+    let (done, sent) = c.send_missing_chunks(slot.upload_id, slot.chunk_size, slot.chunk_count, &data).expect("send");
+    assert_eq!(sent, 4);
+    assert!(done.is_some());
+    assert_same_bytes(&c.read_file("/checked").expect("download"), &data, "after refused chunks");
+}
+
+#[test]
+fn lying_client_cannot_poison_content() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let x = random_bytes(8, 5 * 65536 + 4321); // what the liar claims: 6 chunks, 3 challenge ranges
+    let y = random_bytes(9, x.len()); // what the liar sends
+    let mut liar = alice(&server);
+
+    // Declared: md5 and size of X. Sent: the chunks of Y, each with Y's (correct) chunk md5.
+    let slot = begin_upload(&mut liar, "/poison", &x);
+    assert_eq!(slot.chunk_count, 6);
+    for i in 0..slot.chunk_count - 1 {
+        let res = send_chunk(&mut liar, &slot, &y, i).expect("each chunk matches its own md5");
+        assert!(res.complete.is_none());
+    }
+    let last = send_chunk(&mut liar, &slot, &y, slot.chunk_count - 1);
+    expect_code(last, ErrorCode::ChecksumMismatch, "the chunk completing a file whose md5 is not the declared one");
+    assert!(!liar.names("/").expect("list").contains(&"poison".to_string()), "the lie is never listed");
+    expect_code(liar.stat("/poison"), ErrorCode::NotFound, "stat of the lie");
+    expect_code(liar.download("/poison", 0, 100), ErrorCode::NotFound, "download of the lie");
+    expect_code(alice(&server).stat("/poison"), ErrorCode::NotFound, "stat from another connection");
+
+    // Bob claims X with a proof computed from the bytes the liar stored (Y), carol with one from the true X:
+    // nobody holds X complete, so neither may be instant.
+    server.add_user(CAROL, CAROL_PW);
+    let mut b = bob(&server);
+    let mut carol = server.login(CAROL, CAROL_PW);
+    for (label, client, source) in
+        [("proof from the stored bytes", &mut b, &y), ("proof from the claimed content", &mut carol, &x)]
+    {
+        match client.call(&upload_request("/claimed", &x)).expect("UploadFile") {
+            UploadFileRes::Challenge { challenge_id, ranges } => {
+                let proofs = ranges.iter().map(|r| md5_hex(range_of(source, r))).collect();
+                match client.call(&ProveOwnership { challenge_id, proofs }).expect("ProveOwnership") {
+                    UploadFileRes::Upload { .. } => {}
+                    other => panic!("{label}: content nobody holds complete must be uploaded, got {other:?}"),
+                }
+            }
+            other => panic!("{label}: a claim of content the user does not hold must be challenged, got {other:?}"),
+        }
+        expect_code(client.stat("/claimed"), ErrorCode::NotFound, "the claimed file");
+    }
+
+    // The liar's progress was reset: a new attempt needs every chunk, and the true bytes then work.
+    let mut retry = alice(&server);
+    let slot = begin_upload(&mut retry, "/poison", &x);
+    let needed =
+        retry.call(&QueryChunk { upload_id: slot.upload_id, indexes: (0..slot.chunk_count).collect() }).expect("query");
+    assert_eq!(needed.needed, (0..slot.chunk_count).collect::<Vec<_>>(), "progress of a refused file is reset");
+    let (done, _) = retry.send_missing_chunks(slot.upload_id, slot.chunk_size, slot.chunk_count, &x).expect("send");
+    assert_eq!(done.expect("complete").md5.as_deref(), Some(md5_hex(&x).as_str()));
+    assert_same_bytes(&retry.read_file("/poison").expect("download"), &x, "the true content");
+
+    // Bob finishing his own upload of X gets X.
+    let out = b.upload("/claimed", &x, 0o644).expect("bob's upload");
+    assert_same_bytes(&b.read_file("/claimed").expect("download"), &x, "bob's content");
+    assert_eq!(out.attr.md5.as_deref(), Some(md5_hex(&x).as_str()));
+}
+
+#[test]
+fn sixteen_clients_upload_at_once() {
+    let server = Arc::new(server_with_alice(ServerOpts::default().chunk_size(262_144)));
+    let n = 16;
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let server = Arc::clone(&server);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let data = random_bytes(100 + i as u64, 2 * 1024 * 1024 + i * 4099);
+                let mut c = server.login(ALICE, ALICE_PW);
+                barrier.wait();
+                let path = format!("/client-{i:02}.bin");
+                let out = c.upload(&path, &data, 0o644).unwrap_or_else(|e| panic!("client {i}: upload: {e}"));
+                assert!(!out.instant, "client {i}");
+                assert_eq!(out.chunks_sent as usize, data.len().div_ceil(262_144), "client {i}: chunks");
+                let back = c.read_file(&path).unwrap_or_else(|e| panic!("client {i}: download: {e}"));
+                assert_same_bytes(&back, &data, &format!("client {i}"));
+                md5_hex(&data)
+            })
+        })
+        .collect();
+    let md5s: Vec<String> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
+
+    let mut c = alice(&server);
+    let entries = c.list_dir("/").expect("list");
+    assert_eq!(entries.len(), n, "every upload is listed");
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.name, format!("client-{i:02}.bin"));
+        assert_eq!(e.attr.md5.as_deref(), Some(md5s[i].as_str()));
+    }
+    // All connection processes end when their clients are gone (only `c` is left).
+    assert!(server.wait_for_children(1, Duration::from_secs(10)), "children: {:?}", server.children());
+}
+
+/// A client stream that runs a hook just before the first `UploadChunk` frame goes out: it lets a test put another
+/// connection's work at an exact point inside `Client::upload`.
+struct BeforeFirstChunk<'a> {
+    inner: std::net::TcpStream,
+    hook: Option<Box<dyn FnOnce() + 'a>>,
+}
+
+impl std::io::Read for BeforeFirstChunk<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl std::io::Write for BeforeFirstChunk<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let starts_chunk = buf.len() >= 24
+            && buf[..4] == netdisk_e2e::netdisk_protocol::MAGIC
+            && buf[5] == netdisk_e2e::netdisk_protocol::Kind::UploadChunk as u8;
+        if starts_chunk {
+            if let Some(hook) = self.hook.take() {
+                hook();
+            }
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn same_content_finished_by_another_connection_during_an_upload() {
+    // Connection A runs the client's whole upload flow. Right before A sends its first chunk, connection B of the
+    // same user starts an upload of the same content (a resume of A's) and sends every chunk but the first.
+    // A's first chunk then completes the file; the rest of A's list is no longer needed. The upload must succeed.
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let data = random_bytes(12, 6 * 65536 + 5);
+    let hook = || {
+        let mut b = alice(&server);
+        match b.call(&upload_request("/b", &data)).expect("B: UploadFile") {
+            UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+                assert_eq!(chunk_count, 7);
+                let slot = netdisk_e2e::UploadSlot { upload_id, chunk_size, chunk_count };
+                for i in 1..chunk_count {
+                    let res = send_chunk(&mut b, &slot, &data, i).expect("B: chunk");
+                    assert!(res.complete.is_none(), "B's chunk {i} does not complete the file (chunk 0 is missing)");
+                }
+            }
+            other => panic!("B: the same user's unfinished upload of this content is resumed, got {other:?}"),
+        }
+    };
+    let mut a = netdisk_e2e::netdisk_protocol::client::Client::new(BeforeFirstChunk {
+        inner: server.raw_connect(),
+        hook: Some(Box::new(hook)),
+    });
+    a.login(ALICE, ALICE_PW).expect("A: login");
+    let out = a.upload("/a", &data, 0o644).expect("A: upload, finished together with B");
+    assert!(!out.instant);
+    assert_eq!(out.attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+    assert_same_bytes(&a.read_file("/a").expect("download /a"), &data, "/a");
+    // B's path gets the content once B asks again (B's own client would do that after its last chunk).
+    let mut b = alice(&server);
+    assert!(b.upload("/b", &data, 0o644).expect("B: upload again").instant);
+    assert_same_bytes(&b.read_file("/b").expect("download /b"), &data, "/b");
+}
+
+#[test]
+fn one_user_uploads_the_same_content_on_several_connections_at_once() {
+    let server = Arc::new(server_with_alice(ServerOpts::default().chunk_size(65536)));
+    let data = Arc::new(random_bytes(11, 40 * 65536 + 17));
+    let n = 4;
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (server, data, barrier) = (Arc::clone(&server), Arc::clone(&data), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut c = server.login(ALICE, ALICE_PW);
+                barrier.wait();
+                let path = format!("/same-{i}");
+                c.upload(&path, &data, 0o644).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                assert_same_bytes(&c.read_file(&path).expect("download"), &data, &path);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("upload thread");
+    }
+    let mut c = alice(&server);
+    assert_eq!(c.names("/").expect("list").len(), n);
+    for i in 0..n {
+        let attr = c.stat(&format!("/same-{i}")).expect("stat");
+        assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+    }
+}
+
+#[test]
+fn upload_requests_with_bad_arguments_are_refused() {
+    let server = server_with_alice(ServerOpts::default());
+    let mut c = alice(&server);
+    let mut req = upload_request("/f", b"abc");
+    req.md5 = "not-an-md5".into();
+    expect_code(c.call(&req), ErrorCode::Invalid, "a malformed md5");
+    let mut req = upload_request("/f", b"abc");
+    req.md5 = req.md5.to_uppercase();
+    expect_code(c.call(&req), ErrorCode::Invalid, "an uppercase md5");
+    // Uploading onto a directory.
+    c.mkdir("/dir", 0o755).expect("mkdir");
+    expect_code(c.call(&upload_request("/dir", b"abc")), ErrorCode::IsDir, "upload onto a directory");
+    // Into a missing directory.
+    expect_code(c.call(&upload_request("/nodir/f", b"abc")), ErrorCode::NotFound, "upload into a missing dir");
+    // Unknown upload and challenge ids.
+    expect_code(c.call(&QueryChunk { upload_id: 0xDEAD_BEEF, indexes: vec![0] }), ErrorCode::UnknownUpload, "query");
+    expect_code(
+        c.call(&ProveOwnership { challenge_id: 0xDEAD_BEEF, proofs: vec![md5_hex(b"x")] }),
+        ErrorCode::UnknownUpload,
+        "unknown challenge",
+    );
+    expect_code(
+        c.call_with_payload(&UploadChunk { upload_id: 0xDEAD_BEEF, index: 0, md5: md5_hex(b"x") }, b"x"),
+        ErrorCode::UnknownUpload,
+        "chunk of an unknown upload",
+    );
+    // The connection is fine after all that.
+    c.upload("/ok", b"fine", 0o644).expect("upload after refusals");
+    assert_eq!(c.read_file("/ok").expect("download"), b"fine");
+    assert_eq!(c.names("/").expect("list"), vec!["dir".to_string(), "ok".to_string()]);
+}
