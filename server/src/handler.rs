@@ -384,8 +384,11 @@ impl Session {
             return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its md5", r.index));
         }
         file.sync_data()?;
-        let pfile = self.meta.mark_chunk(pfile.id, r.index)?;
-        if pfile.chunks_uploaded < pfile.total_chunks {
+        let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index)? else {
+            // Another connection finished this content meanwhile; `UploadFile` again settles it.
+            return Ok(UploadChunkRes { index: r.index, complete: None });
+        };
+        if pfile.complete || pfile.chunks_uploaded < pfile.total_chunks {
             return Ok(UploadChunkRes { index: r.index, complete: None });
         }
         let attr = self.finish(user, upload, &pfile)?;
@@ -393,8 +396,14 @@ impl Session {
     }
 
     /// Every chunk is stored: recompute md5 and SHA-256 from disk, sync, seal, and place the file at its path.
+    /// Several connections of one user may finish the same content at once; whoever comes second settles
+    /// its upload on the content the first one sealed.
     fn finish(&mut self, user: &User, upload: &Upload, pfile: &PFile) -> Result<Attr> {
-        let file = self.blobs.open_read(pfile.id)?;
+        let file = match self.blobs.open_read(pfile.id) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.settle(user, upload),
+            Err(e) => return Err(e.into()),
+        };
         let hashes = blobs::hash_file(&file, pfile.size)?;
         if hashes.md5 != pfile.md5 {
             tracing::warn!(path = %upload.path, declared = %pfile.md5, actual = %hashes.md5, "upload does not match its md5; discarded");
@@ -406,13 +415,30 @@ impl Session {
             );
         }
         file.sync_all()?;
-        let (sealed, released) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?;
+        let Some((sealed, released)) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)? else {
+            return self.settle(user, upload);
+        };
         self.blobs.remove_all(&released);
         let (placed, released) = self.meta.finish_upload(user, upload, sealed)?;
         self.blobs.remove_all(&released);
         let attr = placed?;
         tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, "upload complete");
         Ok(attr)
+    }
+
+    /// Places an upload whose physical file another connection sealed (the upload now points at the sealed one).
+    fn settle(&mut self, user: &User, upload: &Upload) -> Result<Attr> {
+        let current = self.meta.upload(user, upload.id as u64)?;
+        match self.meta.pfile(current.pfile_id)? {
+            Some(p) if p.complete => {
+                let (placed, released) = self.meta.finish_upload(user, &current, p.id)?;
+                self.blobs.remove_all(&released);
+                let attr = placed?;
+                tracing::info!(path = %current.path, md5 = %p.md5, "upload complete (sealed by another connection)");
+                Ok(attr)
+            }
+            _ => fail(ErrorCode::UnknownUpload, "the upload was discarded meanwhile"),
+        }
     }
 
     // ---- reading ----
@@ -466,7 +492,10 @@ impl Session {
                 let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
                 blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
                 let hashes = blobs::hash_file(&dest, size)?;
-                let (sealed, released) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?;
+                let (sealed, released) = self
+                    .meta
+                    .seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?
+                    .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
                 self.blobs.remove_all(&released);
                 Ok(sealed)
             })();

@@ -680,12 +680,17 @@ impl Meta {
             .map_or_else(|| fail(ErrorCode::UnknownUpload, format!("no upload {upload_id}")), Ok)
     }
 
-    /// Marks a chunk as stored (its data is synced). Returns the updated physical file.
-    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32) -> Result<PFile> {
+    /// Marks a chunk as stored (its data is synced). Returns the updated physical file, or `None` when it is gone
+    /// (folded into an identical complete file, or discarded, by another connection meanwhile).
+    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32) -> Result<Option<PFile>> {
         let tx = self.write()?;
-        let mut pfile =
-            tx.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)?;
-        if !pfile.has_chunk(index) {
+        let found = tx
+            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .optional()?;
+        let Some(mut pfile) = found else {
+            return Ok(None);
+        };
+        if !pfile.complete && !pfile.has_chunk(index) {
             pfile.chunk_map[index as usize / 8] |= 1 << (index % 8);
             pfile.chunks_uploaded += 1;
             tx.execute(
@@ -694,7 +699,7 @@ impl Meta {
             )?;
         }
         tx.commit()?;
-        Ok(pfile)
+        Ok(Some(pfile))
     }
 
     /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.
@@ -707,10 +712,15 @@ impl Meta {
     }
 
     /// Seals a verified physical file: marks it complete, or, when the same content (md5, sha256, size)
-    /// is complete already, returns that one and releases this duplicate.
-    pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<(i64, Released)> {
+    /// is complete already, returns that one and releases this duplicate. `None` when the row is gone
+    /// (another connection sealed and folded it, or discarded it, meanwhile).
+    pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
         let tx = self.write()?;
-        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0))?;
+        let size: Option<i64> =
+            tx.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
         let twin: Option<i64> = tx
             .query_row(
                 "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND sha256 = ? AND complete = 1 AND id != ? LIMIT 1",
@@ -733,7 +743,7 @@ impl Meta {
             }
         };
         tx.commit()?;
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// Places a finished upload's content at its path and forgets the upload.

@@ -143,6 +143,8 @@ pub struct Server {
     pid: i32,
     addr: SocketAddr,
     status: Option<ExitStatus>,
+    /// Connection processes seen when the server was signalled: killed on drop if the server left them behind.
+    seen_children: Vec<i32>,
 }
 
 impl Server {
@@ -183,8 +185,16 @@ impl Server {
             let _ = io::copy(&mut reader, &mut io::sink());
         });
 
-        let mut server =
-            Server { dir, data, log, child: Some(child), pid, addr: ([127, 0, 0, 1], 0).into(), status: None };
+        let mut server = Server {
+            dir,
+            data,
+            log,
+            child: Some(child),
+            pid,
+            addr: ([127, 0, 0, 1], 0).into(),
+            status: None,
+            seen_children: Vec::new(),
+        };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => panic!("reading the server's stdout: {e}\n{}", server.log_tail()),
@@ -290,8 +300,9 @@ impl Server {
     }
 
     /// Sends a signal to the server (parent) process.
-    pub fn signal(&self, sig: i32) {
+    pub fn signal(&mut self, sig: i32) {
         if self.child.is_some() {
+            self.seen_children.extend(children_of(self.pid).iter().map(|p| p.pid));
             // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
             let rc = unsafe { libc::kill(self.pid, sig) };
             assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid, io::Error::last_os_error());
@@ -347,27 +358,28 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("server {} (pid {}):\n{}", self.addr, self.pid, self.log_tail());
         }
-        let Some(mut child) = self.child.take() else { return };
-        let children: Vec<i32> = children_of(self.pid).iter().map(|p| p.pid).collect();
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let mut exited = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                exited = true;
-                break;
+        if let Some(mut child) = self.child.take() {
+            self.seen_children.extend(children_of(self.pid).iter().map(|p| p.pid));
+            // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if !exited {
-            eprintln!("server pid {} did not stop within {STOP_TIMEOUT:?} of SIGTERM: killing it", self.pid);
-            let _ = child.kill();
-            let _ = child.wait();
+            if !exited {
+                eprintln!("server pid {} did not stop within {STOP_TIMEOUT:?} of SIGTERM: killing it", self.pid);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         // Connection processes the server left behind (it should leave none): they were its children, started by
         // this test; kill those still running under its name.
-        for pid in children {
+        for pid in std::mem::take(&mut self.seen_children) {
             if let Some(p) = proc_info(pid) {
                 if p.comm.starts_with("netdisk-server") && p.ppid != self.pid && p.state != 'Z' {
                     eprintln!("server pid {} left connection process {pid} behind: killing it", self.pid);
