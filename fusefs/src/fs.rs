@@ -529,6 +529,8 @@ impl NetFs {
                 Arc::new(tokio::sync::Mutex::new(s))
             }
         };
+        // The opener's close uploads what is written through this handle.
+        staging.lock().await.written_by(process_of(pid));
         let handle = Handle { ino, writable: true, md5: None, size: 0, last_read_end: 0 };
         self.inodes().get_mut(ino).ok_or_else(not_found)?.cached_md5 = None;
         Ok((self.open_files().add(handle, Some(staging)), false))
@@ -681,6 +683,7 @@ impl NetFs {
             s.unlinked = true;
             return Ok(());
         };
+        let started = std::time::Instant::now();
         let md5 = tokio::task::block_in_place(|| s.md5())?;
         let req = UploadFile {
             path: path.clone(),
@@ -725,6 +728,7 @@ impl NetFs {
             }
         }
         let attr = uploaded.ok_or_else(|| FsError::Connection(format!("the upload of {path} did not complete")))?;
+        tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
         s.dirty = false;
         let mut t = self.inodes();
         t.set_remote(ino, attr);

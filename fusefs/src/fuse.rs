@@ -125,6 +125,8 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open (handled in the staging file) instead of a separate truncate on the server.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Not FUSE_WRITEBACK_CACHE: with it the kernel trusts its own size and mtime of regular files over the
+        // server's, so a file another client changed would keep a stale size here (tests/mount.rs two_mounts_*).
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         Ok(())

@@ -2,7 +2,7 @@
 //! its md5 is kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
 //! Architecture Invariant: staged data that failed to upload is kept on disk, never silently dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -21,8 +21,11 @@ pub struct Staging {
     pub dirty: bool,
     /// The inode lost its last name: never upload it again.
     pub unlinked: bool,
-    /// md5 of bytes `0..covered` while every write so far extended the file sequentially.
+    /// md5 of bytes `0..covered` while no write has gone back into hashed bytes.
     hasher: Option<(Md5, u64)>,
+    /// Written ranges beyond `covered` (start -> end), hashed once the gap before them is filled:
+    /// the kernel's write-back may deliver pages slightly out of order.
+    ahead: BTreeMap<u64, u64>,
     /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet).
     pub mode: u32,
     pub owner: Owner,
@@ -53,6 +56,7 @@ impl Staging {
             dirty: false,
             unlinked: false,
             hasher: Some((Md5::new(), 0)),
+            ahead: BTreeMap::new(),
             mode,
             owner,
             mtime: None,
@@ -62,16 +66,46 @@ impl Staging {
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)?;
-        self.hasher = match self.hasher.take() {
-            Some((mut h, covered)) if covered == offset && offset == self.size => {
-                h.update(data);
-                Some((h, covered + data.len() as u64))
-            }
-            _ => None,
-        };
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
         self.mtime = None;
+        self.advance_hash(offset, data)
+    }
+
+    /// Keeps the running md5 up to date: a write at the hashed end extends it (and absorbs ranges written ahead),
+    /// a write ahead of it waits, a write into hashed bytes gives up (the md5 is then computed at upload).
+    fn advance_hash(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let Some((hasher, covered)) = self.hasher.as_mut() else { return Ok(()) };
+        let end = offset + data.len() as u64;
+        if offset < *covered {
+            self.hasher = None;
+            self.ahead.clear();
+            return Ok(());
+        }
+        if offset > *covered {
+            if self.ahead.len() >= MAX_AHEAD {
+                self.hasher = None;
+                self.ahead.clear();
+                return Ok(());
+            }
+            let slot = self.ahead.entry(offset).or_insert(end);
+            *slot = (*slot).max(end);
+            return Ok(());
+        }
+        hasher.update(data);
+        *covered = end;
+        while let Some((&start, &stop)) = self.ahead.first_key_value() {
+            if start > *covered {
+                break;
+            }
+            self.ahead.pop_first();
+            if stop > *covered {
+                let mut buf = vec![0u8; (stop - *covered) as usize];
+                self.file.read_exact_at(&mut buf, *covered)?;
+                hasher.update(&buf);
+                *covered = stop;
+            }
+        }
         Ok(())
     }
 
@@ -102,8 +136,9 @@ impl Staging {
 
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        if self.hasher.as_ref().is_some_and(|(_, covered)| *covered != size) {
+        if self.hasher.as_ref().is_some_and(|(_, covered)| *covered != size) || !self.ahead.is_empty() {
             self.hasher = if size == 0 { Some((Md5::new(), 0)) } else { None };
+            self.ahead.clear();
         }
         self.size = size;
         self.dirty = true;
@@ -144,6 +179,9 @@ impl Staging {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Most write ranges held ahead of the hashed end before the running md5 gives up.
+const MAX_AHEAD: usize = 4096;
 
 pub type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
 
@@ -218,6 +256,12 @@ mod tests {
         s.write(6, b"world").unwrap();
         assert!(s.hasher.is_some());
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world"));
+        // Out of order (as write-back may deliver): still hashed as it goes.
+        s.write(16, b"!").unwrap();
+        s.write(11, b"12345").unwrap();
+        assert!(s.hasher.is_some());
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world12345!"));
+        s.truncate(11).unwrap();
         s.write(0, b"J").unwrap();
         assert!(s.hasher.is_none());
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello world"));

@@ -399,6 +399,7 @@ impl Session {
     /// Several connections of one user may finish the same content at once; whoever comes second settles
     /// its upload on the content the first one sealed.
     fn finish(&mut self, user: &User, upload: &Upload, pfile: &PFile) -> Result<Attr> {
+        let started = std::time::Instant::now();
         let file = match self.blobs.open_read(pfile.id) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.settle(user, upload),
@@ -422,7 +423,8 @@ impl Session {
         let (placed, released) = self.meta.finish_upload(user, upload, sealed)?;
         self.blobs.remove_all(&released);
         let attr = placed?;
-        tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, "upload complete");
+        let verify_secs = started.elapsed().as_secs_f64();
+        tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, verify_secs, "upload complete");
         Ok(attr)
     }
 
