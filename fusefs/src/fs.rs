@@ -89,6 +89,8 @@ impl Drop for MutationGuard<'_> {
 type BlockCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 
 pub struct NetFs {
+    /// For the few synchronous entry points (`write`) that may need the server.
+    rt: tokio::runtime::Handle,
     remote: Arc<Remote>,
     inodes: Mutex<Inodes>,
     open: Mutex<OpenFiles>,
@@ -115,8 +117,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl NetFs {
-    pub fn new(remote: Remote, root: Attr, cache: Cache, config: Config) -> NetFs {
+    pub fn new(remote: Remote, root: Attr, cache: Cache, config: Config, rt: tokio::runtime::Handle) -> NetFs {
         NetFs {
+            rt,
             remote: Arc::new(remote),
             inodes: Mutex::new(Inodes::new(root)),
             open: Mutex::new(OpenFiles::default()),
@@ -408,6 +411,7 @@ impl NetFs {
         if let Some(staging) = &staging {
             let mut s = staging.lock().await;
             if let Some(size) = ch.size {
+                self.load(ino, &mut s).await?;
                 s.truncate(size)?;
                 s.written_by(process_of(pid));
             }
@@ -512,6 +516,7 @@ impl NetFs {
             Some(s) => {
                 if truncate {
                     let mut locked = s.lock().await;
+                    locked.remote_content = None;
                     locked.truncate(0)?;
                     locked.written_by(process_of(pid));
                 }
@@ -546,12 +551,16 @@ impl NetFs {
 
     /// Downloads a file's whole content into a staging file (to modify it in place).
     async fn fetch_into(&self, ino: u64, attr: &Attr, staging: &mut Staging) -> Result<()> {
+        self.download_into(ino, attr.md5.as_deref().unwrap_or_default(), attr.size, staging).await
+    }
+
+    async fn download_into(&self, ino: u64, md5: &str, size: u64, staging: &mut Staging) -> Result<()> {
         let path = self.path(ino)?;
         let mut offset = 0u64;
-        while offset < attr.size {
+        while offset < size {
             let (res, bytes) =
                 self.remote.call_with_payload(&Download { path: path.clone(), offset, len: MAX_PAYLOAD }, &[]).await?;
-            if res.md5.as_str() != attr.md5.as_deref().unwrap_or_default() || bytes.is_empty() {
+            if res.md5 != md5 || bytes.is_empty() {
                 return errno(libc::EAGAIN);
             }
             staging.write(offset, &bytes)?;
@@ -561,9 +570,27 @@ impl NetFs {
         Ok(())
     }
 
+    /// Brings the content of a server-side copy into the staging file, before it is read or changed locally.
+    async fn load(&self, ino: u64, staging: &mut Staging) -> Result<()> {
+        if let Some((md5, size)) = staging.remote_content.take() {
+            let (dirty, mtime) = (staging.dirty, staging.mtime);
+            if let Err(e) = self.download_into(ino, &md5, size, staging).await {
+                staging.remote_content = Some((md5, size));
+                return Err(e);
+            }
+            staging.dirty = dirty;
+            staging.mtime = mtime;
+        }
+        Ok(())
+    }
+
     pub fn write(&self, ino: u64, offset: u64, data: &[u8], pid: u32) -> Result<u32> {
         let staging = self.open_files().staging(ino).ok_or(FsError::Errno(libc::EBADF))?;
         let mut s = staging.blocking_lock();
+        if s.remote_content.is_some() {
+            // Called on a fuser thread, never on the runtime: blocking on the download is allowed here.
+            self.rt.block_on(self.load(ino, &mut s))?;
+        }
         s.write(offset, data)?;
         s.written_by(process_of(pid));
         Ok(data.len() as u32)
@@ -572,7 +599,9 @@ impl NetFs {
     pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let staging = self.open_files().staging(ino);
         if let Some(staging) = staging {
-            return Ok(staging.lock().await.read(offset, size)?);
+            let mut s = staging.lock().await;
+            self.load(ino, &mut s).await?;
+            return Ok(s.read(offset, size)?);
         }
         let (md5, file_size, sequential) = {
             let mut open = self.open_files();
@@ -783,6 +812,45 @@ impl NetFs {
             }
         }
         Ok(complete)
+    }
+
+    /// `copy_file_range` of a whole file into an empty one (what `cp` does): done on the server as an instant
+    /// upload of the source's content at the destination, so no byte travels. Anything else gets `EOPNOTSUPP`,
+    /// and the kernel copies through reads and writes instead.
+    pub async fn copy_file_range(&self, ino_in: u64, off_in: u64, ino_out: u64, off_out: u64, len: u64) -> Result<u32> {
+        let unsupported = || errno(libc::EOPNOTSUPP);
+        if self.open_files().staging(ino_in).is_some() || self.is_local(ino_in) || ino_in == ino_out {
+            return unsupported();
+        }
+        let source = self.revalidate(ino_in).await?;
+        if off_in >= source.size {
+            return Ok(0);
+        }
+        let Some(md5) = source.md5.clone() else { return unsupported() };
+        if off_in != 0 || off_out != 0 || len < source.size || source.size > u32::MAX as u64 {
+            return unsupported();
+        }
+        let staging = self.open_files().staging(ino_out).ok_or(FsError::Errno(libc::EBADF))?;
+        let mut s = staging.lock().await;
+        if s.size != 0 || s.remote_content.is_some() || s.unlinked {
+            return unsupported();
+        }
+        let Some(path) = self.inodes().path(ino_out) else { return unsupported() };
+        let req = UploadFile { path, size: source.size, md5: md5.clone(), mode: s.mode, mtime: None, owner: s.owner };
+        let answer = {
+            let _change = self.mutations.begin();
+            self.remote.call(&req).await?
+        };
+        let UploadFileRes::Instant { attr } = answer else {
+            // The content is not this user's any more (deleted meanwhile): copy the bytes instead.
+            return unsupported();
+        };
+        s.remote_content = Some((md5, source.size));
+        s.size = source.size;
+        s.dirty = false;
+        self.inodes().set_remote(ino_out, attr);
+        tracing::info!(bytes = source.size, "copy_file_range done on the server (no byte sent)");
+        Ok(source.size as u32)
     }
 
     pub async fn fsync(&self, ino: u64) -> Result<()> {

@@ -30,6 +30,9 @@ pub struct Staging {
     pub mode: u32,
     pub owner: Owner,
     pub mtime: Option<Timespec>,
+    /// Set after a server-side copy: the content is the server's file with this md5 and size, and the staging
+    /// file is still empty; it is downloaded before the first local read or change.
+    pub remote_content: Option<(String, u64)>,
     /// Processes (thread group ids) that changed the content: their `close` uploads it and reports its errors.
     writers: HashSet<u32>,
 }
@@ -60,6 +63,7 @@ impl Staging {
             mode,
             owner,
             mtime: None,
+            remote_content: None,
             writers: HashSet::new(),
         })
     }

@@ -118,7 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let ttl = Duration::from_secs_f64(cli.attr_timeout.max(0.0));
     let cache = cache::Cache::new(blocks_dir.clone(), cli.cache_size_mib << 20)?;
     let config = fs::Config { ttl, staging_dir, upload_parallelism: cli.connections.max(1) };
-    let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config));
+    let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
     let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl);
 
     let mut options = fuser::Config::default();

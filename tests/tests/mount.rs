@@ -280,3 +280,25 @@ fn a_failed_upload_fails_close_and_keeps_the_data() {
     assert!(started.elapsed() < Duration::from_secs(60), "calls hung while the server was down");
     drop(out);
 }
+
+#[test]
+fn cp_inside_the_mount_copies_on_the_server() {
+    let f = fixture();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src.bin");
+    write_file(&src, &random_bytes(9, 6 << 20));
+    let src = src.display();
+    f.mount.sh_ok(&format!("cp {src} a.bin"));
+    f.mount.sh_ok(&format!("cp a.bin b.bin && cmp {src} b.bin"));
+    assert!(
+        f.mount.log().contains("copy_file_range done on the server"),
+        "cp inside the mount moved bytes instead of copying on the server\n{}",
+        f.mount.log_tail()
+    );
+    // The copy is a file of its own: changing it leaves the original alone, and a fresh mount agrees.
+    f.mount.sh_ok("echo tail >> b.bin && test $(stat -c %s b.bin) = $((6 * 1024 * 1024 + 5))");
+    f.mount.sh_ok(&format!("cmp {src} a.bin && head -c 6291456 b.bin | cmp - a.bin"));
+    let second = Mount::start(&f.server, "ann", "pw");
+    assert_eq!(second.sh_ok("tail -c 5 b.bin"), "tail\n");
+    second.sh_ok(&format!("cmp {src} a.bin"));
+}
