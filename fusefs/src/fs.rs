@@ -727,10 +727,10 @@ impl NetFs {
         // Another connection (or mount) may finish the same content first: asking again then settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             let mut answer = self.remote.call(&req).await?;
-            if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+            if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
                 let proofs = ranges
                     .iter()
-                    .map(|r| s.range(r.offset, r.len).map(|bytes| md5_hex(&bytes)))
+                    .map(|r| s.range(r.offset, r.len).map(|bytes| ownership_proof(nonce, &bytes)))
                     .collect::<std::io::Result<Vec<_>>>()?;
                 answer = self.remote.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await?;
             }

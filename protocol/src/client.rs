@@ -7,7 +7,7 @@ use crate::error::{DecodeError, WireError};
 use crate::io::{read_frame, write_frame, Direction, FrameError};
 use crate::kind::Kind;
 use crate::message::*;
-use crate::{md5_hex, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
+use crate::{md5_hex, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -175,8 +175,8 @@ impl<S: Read + Write> Client<S> {
         // Another connection may finish (or take over) the same content meanwhile: then asking again settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             let mut answer = self.call(&req)?;
-            if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
-                let proofs = ranges.iter().map(|r| md5_hex(range_of(data, r))).collect();
+            if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
+                let proofs = ranges.iter().map(|r| ownership_proof(nonce, range_of(data, r))).collect();
                 answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
             }
             match answer {

@@ -77,6 +77,16 @@ pub fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
+/// The answer to one range of an ownership challenge: md5 (lowercase hex) of the challenge's nonce (as sent,
+/// its ASCII hex digits) followed by the range's bytes.
+pub fn ownership_proof(nonce: &str, bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update(nonce.as_bytes());
+    h.update(bytes);
+    hex::encode(h.finalize())
+}
+
 /// True when `s` looks like a lowercase hex md5 (32 hex digits).
 pub fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

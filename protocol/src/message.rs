@@ -237,14 +237,16 @@ pub enum UploadFileRes {
     Instant { attr: Attr },
     /// Send the chunks `QueryChunk` says are missing, each with `UploadChunk`.
     Upload { upload_id: u64, chunk_size: u32, chunk_count: u32 },
-    /// Prove you hold the content: answer with the md5 of each range, in order.
-    Challenge { challenge_id: u64, ranges: Vec<ByteRange> },
+    /// Prove you hold the content: answer, for each range in order, [`ownership_proof`](crate::ownership_proof)
+    /// of the nonce and the range's bytes. The nonce makes the answer unknowable from the file's md5 alone
+    /// (for a small file the one range is the whole file).
+    Challenge { challenge_id: u64, nonce: String, ranges: Vec<ByteRange> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProveOwnership {
     pub challenge_id: u64,
-    /// Lowercase hex md5 of each challenged range.
+    /// [`ownership_proof`](crate::ownership_proof) of the nonce and each challenged range.
     pub proofs: Vec<String>,
 }
 

@@ -69,7 +69,13 @@ impl Blobs {
 
 /// md5 (lowercase hex) of `len` bytes of `file` at `offset`; short if the file ends first.
 pub fn range_md5(file: &File, offset: u64, len: u64) -> io::Result<String> {
+    range_proof(file, "", offset, len)
+}
+
+/// The ownership proof of a range: md5 of `nonce` then the bytes (see `netdisk_protocol::ownership_proof`).
+pub fn range_proof(file: &File, nonce: &str, offset: u64, len: u64) -> io::Result<String> {
     let mut hasher = Md5::new();
+    hasher.update(nonce.as_bytes());
     each_block(file, offset, len, |block| hasher.update(block))?;
     Ok(hex::encode(hasher.finalize()))
 }

@@ -34,6 +34,7 @@ pub enum Flow {
 
 struct Challenge {
     id: u64,
+    nonce: String,
     request: UploadFile,
     ranges: Vec<ByteRange>,
 }
@@ -229,12 +230,17 @@ impl Session {
         if let Some(pfile) = self.meta.own_complete(user, &r.md5, r.size)? {
             if let Some((attr, released)) = self.meta.place_if_complete(user, &r.path, pfile, new)? {
                 self.blobs.remove_all(&released);
+                let released = self.meta.drop_upload(user, &r.path)?;
+                self.blobs.remove_all(&released);
                 tracing::info!(path = %r.path, md5 = %r.md5, "instant upload (own content)");
                 return Ok(UploadFileRes::Instant { attr });
             }
         }
         // The user's own unfinished upload of this content: resume it (L7: exists but incomplete -> upload).
-        if let Some(pfile) = self.meta.own_incomplete(user, &r.md5, r.size)? {
+        // One without a single stored chunk is challenged again instead: meanwhile the content may have become
+        // complete elsewhere, and then a proof makes the upload instant.
+        let own = self.meta.own_incomplete(user, &r.md5, r.size)?;
+        if let Some(pfile) = own.filter(|p| p.chunks_uploaded > 0) {
             let (upload_id, released) = self.meta.upsert_upload(user, &r.path, pfile.id, new)?;
             self.blobs.remove_all(&released);
             if pfile.chunks_uploaded == pfile.total_chunks {
@@ -250,8 +256,13 @@ impl Session {
             });
         }
         // Anything else gets a challenge, whether or not another user holds the content, so the answer reveals nothing.
-        let challenge = Challenge { id: random_u64(), ranges: choose_ranges(r.size), request: r };
-        let res = UploadFileRes::Challenge { challenge_id: challenge.id, ranges: challenge.ranges.clone() };
+        let nonce = format!("{:016x}{:016x}", random_u64(), random_u64());
+        let challenge = Challenge { id: random_u64(), nonce, ranges: choose_ranges(r.size), request: r };
+        let res = UploadFileRes::Challenge {
+            challenge_id: challenge.id,
+            nonce: challenge.nonce.clone(),
+            ranges: challenge.ranges.clone(),
+        };
         if self.challenges.len() >= MAX_OPEN_CHALLENGES {
             self.challenges.pop_front();
         }
@@ -267,16 +278,22 @@ impl Session {
         let req = &challenge.request;
         let new = NewFile { mode: req.mode, owner: req.owner, mtime: req.mtime };
         if let Some(pfile) = self.meta.any_complete(&req.md5, req.size)? {
-            if self.proof_holds(pfile, &challenge.ranges, &r.proofs)? {
+            if self.proof_holds(pfile, &challenge, &r.proofs)? {
                 if let Some((attr, released)) = self.meta.place_if_complete(user, &req.path, pfile, new)? {
+                    self.blobs.remove_all(&released);
+                    let released = self.meta.drop_upload(user, &req.path)?;
                     self.blobs.remove_all(&released);
                     tracing::info!(path = %req.path, md5 = %req.md5, "instant upload (ownership proven)");
                     return Ok(UploadFileRes::Instant { attr });
                 }
             }
         }
-        // No proof, or no such content: a normal upload, indistinguishable from the client's side.
-        let pfile = self.meta.new_pfile(user, &req.md5, req.size, self.chunk_size)?;
+        // No proof, or no such content: a normal upload, indistinguishable from the client's side
+        // (into this user's unfinished physical file of that content, if there is one).
+        let pfile = match self.meta.own_incomplete(user, &req.md5, req.size)? {
+            Some(p) => p,
+            None => self.meta.new_pfile(user, &req.md5, req.size, self.chunk_size)?,
+        };
         let (upload_id, released) = self.meta.upsert_upload(user, &req.path, pfile.id, new)?;
         self.blobs.remove_all(&released);
         Ok(UploadFileRes::Upload {
@@ -286,13 +303,13 @@ impl Session {
         })
     }
 
-    fn proof_holds(&self, pfile: i64, ranges: &[ByteRange], proofs: &[String]) -> Result<bool> {
-        if proofs.len() != ranges.len() {
+    fn proof_holds(&self, pfile: i64, challenge: &Challenge, proofs: &[String]) -> Result<bool> {
+        if proofs.len() != challenge.ranges.len() {
             return Ok(false);
         }
         let file = self.blobs.open_read(pfile)?;
-        for (range, proof) in ranges.iter().zip(proofs) {
-            if blobs::range_md5(&file, range.offset, range.len)? != *proof {
+        for (range, proof) in challenge.ranges.iter().zip(proofs) {
+            if blobs::range_proof(&file, &challenge.nonce, range.offset, range.len)? != *proof {
                 return Ok(false);
             }
         }

@@ -656,6 +656,24 @@ impl Meta {
         Ok((id, released))
     }
 
+    /// Forgets this user's unfinished upload to `path` (the path got its content another way), releasing its
+    /// physical file if no other upload uses it.
+    pub fn drop_upload(&mut self, user: &User, path: &str) -> Result<Released> {
+        let tx = self.write()?;
+        let old: Option<i64> = tx
+            .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(old) = old else {
+            return Ok(Vec::new());
+        };
+        tx.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+        let released = release_if_orphan_upload(&tx, old)?;
+        tx.commit()?;
+        Ok(released)
+    }
+
     pub fn upload(&self, user: &User, upload_id: u64) -> Result<Upload> {
         self.conn
             .query_row(

@@ -491,7 +491,7 @@ impl UploadSlot {
 pub fn begin_upload(client: &mut Client<TcpStream>, path: &str, data: &[u8]) -> UploadSlot {
     let req = upload_request(path, data);
     let mut answer = client.call(&req).unwrap_or_else(|e| panic!("UploadFile {path}: {e}"));
-    if let UploadFileRes::Challenge { challenge_id, ranges } = &answer {
+    if let UploadFileRes::Challenge { challenge_id, ranges, .. } = &answer {
         let proofs = vec!["0".repeat(32); ranges.len()];
         answer = client
             .call(&ProveOwnership { challenge_id: *challenge_id, proofs })

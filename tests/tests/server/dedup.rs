@@ -2,7 +2,7 @@
 //! before that proof, whether anyone holds it.
 
 use netdisk_e2e::netdisk_protocol::client::range_of;
-use netdisk_e2e::netdisk_protocol::{md5_hex, ByteRange, ErrorCode, ProveOwnership, UploadFileRes};
+use netdisk_e2e::netdisk_protocol::{md5_hex, ownership_proof, ByteRange, ErrorCode, ProveOwnership, UploadFileRes};
 use netdisk_e2e::{expect_code, random_bytes, upload_request, ServerOpts};
 
 use crate::{alice, assert_same_bytes, bob, server_with_alice_and_bob, CAROL, CAROL_PW};
@@ -12,9 +12,9 @@ fn challenge(
     c: &mut netdisk_e2e::netdisk_protocol::client::Client<std::net::TcpStream>,
     path: &str,
     data: &[u8],
-) -> (u64, Vec<ByteRange>) {
+) -> (u64, String, Vec<ByteRange>) {
     match c.call(&upload_request(path, data)).expect("UploadFile") {
-        UploadFileRes::Challenge { challenge_id, ranges } => (challenge_id, ranges),
+        UploadFileRes::Challenge { challenge_id, ranges, nonce } => (challenge_id, nonce, ranges),
         other => panic!("UploadFile {path} of content this user does not hold must be challenged, got {other:?}"),
     }
 }
@@ -41,8 +41,8 @@ fn cross_user_instant_upload_needs_a_proof() {
 
     let mut b = bob(&server);
     // Content alice holds and content nobody holds get challenges of the same shape.
-    let (held_id, held_ranges) = challenge(&mut b, "/x1", &x1);
-    let (unknown_id, unknown_ranges) = challenge(&mut b, "/unknown", &unknown);
+    let (held_id, held_nonce, held_ranges) = challenge(&mut b, "/x1", &x1);
+    let (unknown_id, unknown_nonce, unknown_ranges) = challenge(&mut b, "/unknown", &unknown);
     check_ranges(&held_ranges, x1.len() as u64, "held content");
     check_ranges(&unknown_ranges, unknown.len() as u64, "unknown content");
     let shape = |r: &[ByteRange]| r.iter().map(|r| r.len).collect::<Vec<_>>();
@@ -58,7 +58,7 @@ fn cross_user_instant_upload_needs_a_proof() {
     assert!(b.names("/").expect("list").is_empty(), "nothing in bob's tree after a wrong proof");
     expect_code(b.download("/x1", 0, 100), ErrorCode::NotFound, "download after a wrong proof");
     // The same challenge cannot be answered twice.
-    let right: Vec<String> = held_ranges.iter().map(|r| md5_hex(range_of(&x1, r))).collect();
+    let right: Vec<String> = held_ranges.iter().map(|r| ownership_proof(&held_nonce, range_of(&x1, r))).collect();
     match b.call(&ProveOwnership { challenge_id: held_id, proofs: right }) {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownUpload), "a used challenge: {e}"),
         Ok(UploadFileRes::Instant { attr }) => panic!("a used challenge gave an instant upload: {attr:?}"),
@@ -66,16 +66,24 @@ fn cross_user_instant_upload_needs_a_proof() {
     }
 
     // The right proof for content nobody holds: a normal upload too.
-    let proofs = unknown_ranges.iter().map(|r| md5_hex(range_of(&unknown, r))).collect();
+    let proofs = unknown_ranges.iter().map(|r| ownership_proof(&unknown_nonce, range_of(&unknown, r))).collect();
     match b.call(&ProveOwnership { challenge_id: unknown_id, proofs }).expect("ProveOwnership") {
         UploadFileRes::Upload { .. } => {}
         other => panic!("content nobody holds must be uploaded, got {other:?}"),
     }
 
     // The right proof for content alice holds: instant, and bob reads the same bytes.
-    let (id, ranges) = challenge(&mut b, "/x2", &x2);
+    let (id, nonce, ranges) = challenge(&mut b, "/x2", &x2);
     check_ranges(&ranges, x2.len() as u64, "x2");
-    let proofs = ranges.iter().map(|r| md5_hex(range_of(&x2, r))).collect();
+    // The bare md5 of each range is not a proof: the nonce must be hashed in.
+    let bare: Vec<String> = ranges.iter().map(|r| md5_hex(range_of(&x2, r))).collect();
+    match b.call(&ProveOwnership { challenge_id: id, proofs: bare }).expect("ProveOwnership") {
+        UploadFileRes::Upload { .. } => {}
+        other => panic!("a proof without the nonce must give a normal upload, got {other:?}"),
+    }
+    let (id, nonce2, ranges) = challenge(&mut b, "/x2", &x2);
+    assert_ne!(nonce, nonce2, "every challenge has its own nonce");
+    let proofs = ranges.iter().map(|r| ownership_proof(&nonce2, range_of(&x2, r))).collect();
     match b.call(&ProveOwnership { challenge_id: id, proofs }).expect("ProveOwnership") {
         UploadFileRes::Instant { attr } => {
             assert_eq!(attr.size, x2.len() as u64);
@@ -86,9 +94,9 @@ fn cross_user_instant_upload_needs_a_proof() {
     assert_same_bytes(&b.read_file("/x2").expect("bob downloads x2"), &x2, "bob's instant copy");
     assert_eq!(b.names("/").expect("list"), vec!["x2".to_string()]);
 
-    // Bob can still finish the upload of x1 the normal way after his wrong proof.
+    // After a wrong proof (and no chunk sent) bob is challenged again; proving it right this time is instant.
     let out = b.upload("/x1", &x1, 0o644).expect("bob uploads x1");
-    assert!(!out.instant, "bob's upload of x1 after a wrong proof goes through chunks");
+    assert!(out.instant, "bob's right proof after a wrong one is instant");
     assert_same_bytes(&b.read_file("/x1").expect("download"), &x1, "bob's x1");
 
     // Carol, through the client's normal flow, gets x1 instantly by proving she holds it.
@@ -114,9 +122,16 @@ fn small_files_are_challenged_too() {
     assert_eq!(small.len(), other.len());
     alice(&server).upload("/s", &small, 0o644).expect("alice uploads");
     let mut b = bob(&server);
-    let (_, ranges) = challenge(&mut b, "/s", &small);
+    let (id, _, ranges) = challenge(&mut b, "/s", &small);
     check_ranges(&ranges, small.len() as u64, "small file");
-    let (_, unknown_ranges) = challenge(&mut b, "/t", &other);
+    // For a small file the one range is the whole file: its plain md5 (which anyone who knows the md5 has)
+    // must not pass as a proof.
+    match b.call(&ProveOwnership { challenge_id: id, proofs: vec![md5_hex(&small)] }).expect("ProveOwnership") {
+        UploadFileRes::Upload { .. } => {}
+        other => panic!("knowing the md5 of a small file must not be enough, got {other:?}"),
+    }
+    expect_code(b.stat("/s"), ErrorCode::NotFound, "bob's /s after proving only the md5");
+    let (_, _, unknown_ranges) = challenge(&mut b, "/t", &other);
     assert_eq!(
         ranges.iter().map(|r| r.len).collect::<Vec<_>>(),
         unknown_ranges.iter().map(|r| r.len).collect::<Vec<_>>(),

@@ -140,7 +140,7 @@ fn users_cannot_reach_each_others_trees() {
     let slot = begin_upload(&mut a, "/partial", &partial);
     send_chunk(&mut a, &slot, &partial, 0).expect("chunk 0");
     let other = random_bytes(53, 1000);
-    let UploadFileRes::Challenge { challenge_id, ranges } =
+    let UploadFileRes::Challenge { challenge_id, ranges, nonce } =
         a.call(&upload_request("/other", &other)).expect("UploadFile")
     else {
         panic!("new content is challenged")
@@ -177,7 +177,15 @@ fn users_cannot_reach_each_others_trees() {
         ErrorCode::UnknownUpload,
         "bob sends a chunk to alice's upload",
     );
-    let proofs = ranges.iter().map(|r| md5_hex(netdisk_e2e::netdisk_protocol::client::range_of(&other, r))).collect();
+    let proofs = ranges
+        .iter()
+        .map(|r| {
+            netdisk_e2e::netdisk_protocol::ownership_proof(
+                &nonce,
+                netdisk_e2e::netdisk_protocol::client::range_of(&other, r),
+            )
+        })
+        .collect();
     expect_code(
         b.call(&ProveOwnership { challenge_id, proofs }),
         ErrorCode::UnknownUpload,

@@ -284,8 +284,11 @@ fn lying_client_cannot_poison_content() {
         [("proof from the stored bytes", &mut b, &y), ("proof from the claimed content", &mut carol, &x)]
     {
         match client.call(&upload_request("/claimed", &x)).expect("UploadFile") {
-            UploadFileRes::Challenge { challenge_id, ranges } => {
-                let proofs = ranges.iter().map(|r| md5_hex(range_of(source, r))).collect();
+            UploadFileRes::Challenge { challenge_id, ranges, nonce } => {
+                let proofs = ranges
+                    .iter()
+                    .map(|r| netdisk_e2e::netdisk_protocol::ownership_proof(&nonce, range_of(source, r)))
+                    .collect();
                 match client.call(&ProveOwnership { challenge_id, proofs }).expect("ProveOwnership") {
                     UploadFileRes::Upload { .. } => {}
                     other => panic!("{label}: content nobody holds complete must be uploaded, got {other:?}"),
@@ -387,7 +390,17 @@ fn same_content_finished_by_another_connection_during_an_upload() {
     let data = random_bytes(12, 6 * 65536 + 5);
     let hook = || {
         let mut b = alice(&server);
-        match b.call(&upload_request("/b", &data)).expect("B: UploadFile") {
+        let mut answer = b.call(&upload_request("/b", &data)).expect("B: UploadFile");
+        // A has not stored a chunk yet, so B is challenged; nobody holds the content complete, so the proof
+        // leads into A's unfinished upload of it.
+        if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
+            let proofs = ranges
+                .iter()
+                .map(|r| netdisk_e2e::netdisk_protocol::ownership_proof(nonce, range_of(&data, r)))
+                .collect();
+            answer = b.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).expect("B: ProveOwnership");
+        }
+        match answer {
             UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
                 assert_eq!(chunk_count, 7);
                 let slot = netdisk_e2e::UploadSlot { upload_id, chunk_size, chunk_count };
