@@ -777,8 +777,13 @@ impl NetFs {
     ) -> Result<Option<Attr>> {
         let mut needed = Vec::new();
         let all: Vec<u32> = (0..chunk_count).collect();
-        for batch in all.chunks(MAX_QUERY_INDEXES) {
-            needed.extend(self.remote.call(&QueryChunk { upload_id, indexes: batch.to_vec() }).await?.needed);
+        if chunk_count == 1 {
+            // A one-chunk file is sent without asking first: if the server has it already, it just drops it.
+            needed.push(0);
+        } else {
+            for batch in all.chunks(MAX_QUERY_INDEXES) {
+                needed.extend(self.remote.call(&QueryChunk { upload_id, indexes: batch.to_vec() }).await?.needed);
+            }
         }
         let permits = Arc::new(Semaphore::new(self.config.upload_parallelism.max(1)));
         let mut tasks = JoinSet::new();

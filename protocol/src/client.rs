@@ -209,10 +209,15 @@ impl<S: Read + Write> Client<S> {
         let mut sent = 0;
         let all: Vec<u32> = (0..chunk_count).collect();
         for batch in all.chunks(MAX_QUERY_INDEXES) {
-            let needed = match self.call(&QueryChunk { upload_id, indexes: batch.to_vec() }) {
-                Ok(res) => res.needed,
-                Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent)),
-                Err(e) => return Err(e),
+            // A one-chunk file is sent without asking first: if the server has it already, it just drops it.
+            let needed = if chunk_count == 1 {
+                vec![0]
+            } else {
+                match self.call(&QueryChunk { upload_id, indexes: batch.to_vec() }) {
+                    Ok(res) => res.needed,
+                    Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent)),
+                    Err(e) => return Err(e),
+                }
             };
             for index in needed {
                 let start = index as usize * chunk_size as usize;

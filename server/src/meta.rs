@@ -616,44 +616,35 @@ impl Meta {
 
     /// Creates an incomplete physical file owned by this user's upload.
     pub fn new_pfile(&mut self, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
-        let total = size.div_ceil(chunk_size as u64);
-        let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
-        let map = vec![0u8; (total as usize).div_ceil(8)];
         let tx = self.write()?;
-        tx.execute(
-            "INSERT INTO pfiles (md5, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            params![md5, size as i64, chunk_size, total, map, user.id, now().sec],
-        )?;
-        let id = tx.last_insert_rowid();
-        let pfile = tx.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?;
+        let pfile = insert_pfile(&tx, user, md5, size, chunk_size)?;
         tx.commit()?;
         Ok(pfile)
+    }
+
+    /// A new upload of new content to `path`, in one transaction: its physical file and the upload record.
+    pub fn new_upload(
+        &mut self,
+        user: &User,
+        path: &str,
+        md5: &str,
+        size: u64,
+        chunk_size: u32,
+        new: NewFile,
+    ) -> Result<(PFile, i64, Released)> {
+        let tx = self.write()?;
+        let pfile = insert_pfile(&tx, user, md5, size, chunk_size)?;
+        let (upload_id, released) = record_upload(&tx, user, path, pfile.id, new)?;
+        tx.commit()?;
+        Ok((pfile, upload_id, released))
     }
 
     /// Records (or replaces) this user's upload to `path`. A replaced upload's unfinished file is released if nothing else uses it.
     pub fn upsert_upload(&mut self, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
         let tx = self.write()?;
-        let old: Option<i64> = tx
-            .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        tx.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
-        let (ms, mns) = match new.mtime {
-            Some(t) => (Some(t.sec), Some(t.nsec)),
-            None => (None, None),
-        };
-        tx.execute(
-            "INSERT INTO uploads (user_id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            params![user.id, path, pfile_id, new.mode, new.owner.uid, new.owner.gid, ms, mns, now().sec],
-        )?;
-        let id = tx.last_insert_rowid();
-        let mut released = Vec::new();
-        if let Some(old) = old.filter(|old| *old != pfile_id) {
-            released = release_if_orphan_upload(&tx, old)?;
-        }
+        let result = record_upload(&tx, user, path, pfile_id, new)?;
         tx.commit()?;
-        Ok((id, released))
+        Ok(result)
     }
 
     /// Forgets this user's unfinished upload to `path` (the path got its content another way), releasing its
@@ -814,6 +805,39 @@ impl Meta {
 }
 
 // ---- helpers that run inside a transaction (or on the plain connection for reads) ----
+
+fn insert_pfile(conn: &Connection, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
+    let total = size.div_ceil(chunk_size as u64);
+    let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
+    let map = vec![0u8; (total as usize).div_ceil(8)];
+    conn.execute(
+        "INSERT INTO pfiles (md5, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        params![md5, size as i64, chunk_size, total, map, user.id, now().sec],
+    )?;
+    let id = conn.last_insert_rowid();
+    Ok(conn.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?)
+}
+
+fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
+    let old: Option<i64> = conn
+        .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
+        .optional()?;
+    conn.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+    let (ms, mns) = match new.mtime {
+        Some(t) => (Some(t.sec), Some(t.nsec)),
+        None => (None, None),
+    };
+    conn.execute(
+        "INSERT INTO uploads (user_id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![user.id, path, pfile_id, new.mode, new.owner.uid, new.owner.gid, ms, mns, now().sec],
+    )?;
+    let id = conn.last_insert_rowid();
+    let mut released = Vec::new();
+    if let Some(old) = old.filter(|old| *old != pfile_id) {
+        released = release_if_orphan_upload(conn, old)?;
+    }
+    Ok((id, released))
+}
 
 const ATTR_COLUMNS: &str = "n.id, n.kind, n.mode, n.uid, n.gid, n.nlink, n.size, n.atime_s, n.atime_ns, \
                             n.mtime_s, n.mtime_ns, n.ctime_s, n.ctime_ns, n.rdev, p.md5";
