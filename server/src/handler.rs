@@ -451,11 +451,11 @@ impl Session {
             );
         }
         file.sync_all()?;
-        let Some((sealed, released)) = self.meta.seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)? else {
+        let Some((placed, released)) =
+            self.meta.seal_and_finish(user, upload, pfile.id, &hashes.md5, &hashes.sha256)?
+        else {
             return self.settle(user, upload);
         };
-        self.blobs.remove_all(&released);
-        let (placed, released) = self.meta.finish_upload(user, upload, sealed)?;
         self.blobs.remove_all(&released);
         let attr = placed?;
         let verify_secs = started.elapsed().as_secs_f64();

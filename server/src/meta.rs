@@ -725,34 +725,46 @@ impl Meta {
     /// (another connection sealed and folded it, or discarded it, meanwhile).
     pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
         let tx = self.write()?;
-        let size: Option<i64> =
-            tx.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
-        let Some(size) = size else {
+        let sealed = seal_in(&tx, pfile_id, md5, sha256)?;
+        tx.commit()?;
+        Ok(sealed)
+    }
+
+    /// [`Meta::seal_pfile`] and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
+    /// `None` when the physical file is gone (another connection sealed and folded it, or discarded it).
+    pub fn seal_and_finish(
+        &mut self,
+        user: &User,
+        upload: &Upload,
+        pfile_id: i64,
+        md5: &str,
+        sha256: &str,
+    ) -> Result<Option<(Result<Attr>, Released)>> {
+        let tx = self.write()?;
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
             return Ok(None);
         };
-        let twin: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND sha256 = ? AND complete = 1 AND id != ? LIMIT 1",
-                params![md5, size, sha256, pfile_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let result = match twin {
-            Some(twin) => {
-                tx.execute("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
-                tx.execute("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
-                (twin, vec![pfile_id])
+        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
+        let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
+        let placed = place_content(&tx, user, &upload.path, Content { pfile_id: Some(sealed), size: size as u64 }, new);
+        match placed {
+            Ok((attr, more)) => {
+                released.extend(more);
+                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+                released.extend(release_if_unreferenced(&tx, sealed)?);
+                tx.commit()?;
+                Ok(Some((Ok(attr), released)))
             }
-            None => {
-                tx.execute(
-                    "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, uploader = NULL WHERE id = ?",
-                    params![md5, sha256, pfile_id],
-                )?;
-                (pfile_id, Vec::new())
+            Err(e) => {
+                // The path cannot take it (its directory went away): nothing refers to the content, drop it.
+                tx.rollback()?;
+                let tx = self.write()?;
+                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+                let released = release_if_orphan_upload(&tx, pfile_id)?;
+                tx.commit()?;
+                Ok(Some((Err(e), released)))
             }
-        };
-        tx.commit()?;
-        Ok(Some(result))
+        }
     }
 
     /// Places a finished upload's content at its path and forgets the upload.
@@ -805,6 +817,37 @@ impl Meta {
 }
 
 // ---- helpers that run inside a transaction (or on the plain connection for reads) ----
+
+/// Marks a verified physical file complete, or folds it into an identical complete one (same md5, sha256 and
+/// size): then uploads bound to it move to the twin and it is released. `None` when the row is gone.
+fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
+    let size: Option<i64> =
+        conn.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
+    let Some(size) = size else {
+        return Ok(None);
+    };
+    let twin: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND sha256 = ? AND complete = 1 AND id != ? LIMIT 1",
+            params![md5, size, sha256, pfile_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(Some(match twin {
+        Some(twin) => {
+            conn.execute("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
+            conn.execute("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
+            (twin, vec![pfile_id])
+        }
+        None => {
+            conn.execute(
+                "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, uploader = NULL WHERE id = ?",
+                params![md5, sha256, pfile_id],
+            )?;
+            (pfile_id, Vec::new())
+        }
+    }))
+}
 
 fn insert_pfile(conn: &Connection, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
     let total = size.div_ceil(chunk_size as u64);
