@@ -11,6 +11,17 @@ use sha2::Sha256;
 
 pub struct Blobs {
     root: PathBuf,
+    durability: Durability,
+}
+
+/// What a successful answer promises about the bytes and records behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Synced to disk before the answer: survives a crash of the machine (fsync of data, directory and database).
+    Full,
+    /// In the operating system's cache before the answer: survives any crash of netdisk's processes, not a power
+    /// loss of the machine (then the last changes may be undone, never half-applied).
+    Normal,
 }
 
 /// Hashes of a whole physical file.
@@ -22,8 +33,24 @@ pub struct Hashes {
 const READ_BUF: usize = 1 << 20;
 
 impl Blobs {
-    pub fn new(data_dir: &Path) -> Blobs {
-        Blobs { root: data_dir.join("blobs") }
+    pub fn new(data_dir: &Path, durability: Durability) -> Blobs {
+        Blobs { root: data_dir.join("blobs"), durability }
+    }
+
+    /// `fdatasync` when durability asks for it.
+    pub fn sync_data(&self, file: &File) -> io::Result<()> {
+        match self.durability {
+            Durability::Full => file.sync_data(),
+            Durability::Normal => Ok(()),
+        }
+    }
+
+    /// `fsync` when durability asks for it.
+    pub fn sync_all(&self, file: &File) -> io::Result<()> {
+        match self.durability {
+            Durability::Full => file.sync_all(),
+            Durability::Normal => Ok(()),
+        }
     }
 
     pub fn path(&self, id: i64) -> PathBuf {
@@ -43,7 +70,7 @@ impl Blobs {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
         file.set_len(size)?;
         // The new name must survive a crash before any chunk is recorded as stored in it.
-        File::open(dir)?.sync_all()?;
+        self.sync_all(&File::open(dir)?)?;
         Ok(file)
     }
 
@@ -156,7 +183,7 @@ fn each_block(file: &File, mut offset: u64, len: u64, mut f: impl FnMut(&[u8])) 
     Ok(len - left)
 }
 
-/// Writes a new blob holding the first `size` bytes of `source` (zero-filled past its end), synced.
+/// Writes a new blob holding the first `size` bytes of `source` (zero-filled past its end); the caller syncs it.
 pub fn write_resized(dest: &File, source: Option<&File>, source_size: u64, size: u64) -> io::Result<()> {
     dest.set_len(0)?;
     if let Some(source) = source {
@@ -173,8 +200,7 @@ pub fn write_resized(dest: &File, source: Option<&File>, source_size: u64, size:
             offset += n as u64;
         }
     }
-    dest.set_len(size)?;
-    dest.sync_all()
+    dest.set_len(size)
 }
 
 #[cfg(test)]
@@ -184,7 +210,7 @@ mod tests {
     #[test]
     fn hashes_what_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::new(dir.path());
+        let blobs = Blobs::new(dir.path(), Durability::Full);
         let f = blobs.open_for_upload(300, 5).unwrap();
         f.write_all_at(b"hello", 0).unwrap();
         let h = hash_file(&f, 5).unwrap();

@@ -9,7 +9,7 @@ use netdisk_protocol::frame::encode_message;
 use netdisk_protocol::path::components;
 use netdisk_protocol::*;
 
-use crate::blobs::{self, Blobs};
+use crate::blobs::{self, Blobs, Durability};
 use crate::conn::{Conn, ConnError};
 use crate::error::{fail, Error, Result};
 use crate::meta::{Content, Meta, NewFile, PFile, Upload, User, EMPTY_MD5};
@@ -99,10 +99,11 @@ enum ChunkPlan {
 }
 
 impl Session {
-    pub fn new(meta: Meta, data_dir: PathBuf, chunk_size: u32) -> std::io::Result<Session> {
+    pub fn new(mut meta: Meta, data_dir: PathBuf, chunk_size: u32, durability: Durability) -> Result<Session> {
+        meta.set_durability(durability)?;
         Ok(Session {
             meta,
-            blobs: Blobs::new(&data_dir),
+            blobs: Blobs::new(&data_dir, durability),
             pipe: Pipe::new()?,
             data_dir,
             chunk_size,
@@ -412,7 +413,7 @@ impl Session {
         if blobs::range_md5(file, offset, len)? != r.md5 {
             return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its md5", r.index));
         }
-        file.sync_data()?;
+        self.blobs.sync_data(file)?;
         let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index)? else {
             // Another connection finished this content meanwhile; `UploadFile` again settles it.
             return Ok(UploadChunkRes { index: r.index, complete: None });
@@ -450,7 +451,7 @@ impl Session {
                 "the uploaded bytes do not match the file's md5; upload discarded",
             );
         }
-        file.sync_all()?;
+        self.blobs.sync_all(file)?;
         let Some((placed, released)) =
             self.meta.seal_and_finish(user, upload, pfile.id, &hashes.md5, &hashes.sha256)?
         else {
@@ -528,6 +529,7 @@ impl Session {
                 let dest = self.blobs.open_for_upload(pfile.id, size)?;
                 let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
                 blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
+                self.blobs.sync_all(&dest)?;
                 let hashes = blobs::hash_file(&dest, size)?;
                 let (sealed, released) = self
                     .meta

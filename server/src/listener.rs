@@ -27,6 +27,7 @@ pub struct Config {
     pub max_children: usize,
     pub chunk_size: u32,
     pub timeouts: Timeouts,
+    pub durability: crate::blobs::Durability,
 }
 
 const LISTENER: u64 = 0;
@@ -202,7 +203,7 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
             return 1;
         }
     };
-    let mut session = match Session::new(meta, config.data_dir.clone(), config.chunk_size) {
+    let mut session = match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the session");

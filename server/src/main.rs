@@ -53,6 +53,10 @@ enum Command {
         /// Chunk size in bytes for new uploads (4096 to 16777216).
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         chunk_size: u32,
+        /// full: every answered change is synced to disk (survives a power loss). normal: it is in the OS cache
+        /// (survives any crash of netdisk's processes; a power loss may undo the last changes, never half-apply them).
+        #[arg(long, value_enum, default_value_t = blobs::Durability::Full)]
+        durability: blobs::Durability,
     },
     /// Manage users.
     User {
@@ -79,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size } => {
+        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size, durability } => {
             if !(netdisk_protocol::MIN_CHUNK_SIZE..=netdisk_protocol::MAX_CHUNK_SIZE).contains(&chunk_size) {
                 bail!(
                     "--chunk-size must be between {} and {}",
@@ -100,7 +104,10 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(%addr, data = %data.display(), "serving");
             let timeouts =
                 Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
-            listener::serve(listener::Config { data_dir: data, max_children, chunk_size, timeouts }, listener)
+            listener::serve(
+                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability },
+                listener,
+            )
         }
         Command::User { command: UserCommand::Add { name, data } } => {
             if name.is_empty()

@@ -228,6 +228,16 @@ impl Meta {
         Ok(meta)
     }
 
+    /// `synchronous=FULL` (the default: a commit is on disk when answered) or `NORMAL` (in the OS cache).
+    pub fn set_durability(&mut self, durability: crate::blobs::Durability) -> Result<()> {
+        let level = match durability {
+            crate::blobs::Durability::Full => "FULL",
+            crate::blobs::Durability::Normal => "NORMAL",
+        };
+        self.conn.pragma_update(None, "synchronous", level)?;
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
