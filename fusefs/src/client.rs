@@ -102,36 +102,69 @@ impl Remote {
     }
 
     pub async fn call_with_payload<R: Request>(&self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
-        let _slot = self.slots.acquire().await.map_err(connection_error)?;
-        let pooled = self.idle.lock().expect("pool lock").pop();
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
+        let mut session = self.session().await?;
+        session.call_with_payload(req, payload).await
+    }
+
+    /// One connection for a conversation that must stay on it (an upload's challenge and its proof).
+    pub async fn session(&self) -> Result<Session<'_>> {
+        let slot = self.slots.acquire().await.map_err(connection_error)?;
+        let conn = self.idle.lock().expect("pool lock").pop();
+        Ok(Session { remote: self, conn, _slot: slot })
+    }
+}
+
+/// Exclusive use of one pooled connection; it goes back to the pool when dropped (unless it broke).
+pub struct Session<'a> {
+    remote: &'a Remote,
+    conn: Option<Connection>,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Session<'_> {
+    pub async fn call<R: Request>(&mut self, req: &R) -> Result<R::Response> {
+        Ok(self.call_with_payload(req, &[]).await?.0)
+    }
+
+    /// Sends one request and waits for its answer, within the timeout. A pooled connection the server closed
+    /// meanwhile (idle timeout, restart) gets one fresh try, unless this session already used it.
+    pub async fn call_with_payload<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
+        let timeout = self.remote.timeout;
+        let reused = self.conn.is_some();
+        let mut conn = match self.conn.take() {
             Some(c) => c,
-            None => Connection::open(&self.credentials, self.timeout).await?.0,
+            None => Connection::open(&self.remote.credentials, timeout).await?.0,
         };
-        match tokio::time::timeout(self.timeout, conn.call(req, payload)).await {
+        match tokio::time::timeout(timeout, conn.call(req, payload)).await {
             Ok(Ok(answer)) => {
-                self.idle.lock().expect("pool lock").push(conn);
+                self.conn = Some(conn);
                 Ok(answer)
             }
             Ok(Err(FsError::Server(e))) => {
-                self.idle.lock().expect("pool lock").push(conn);
+                self.conn = Some(conn);
                 Err(FsError::Server(e))
             }
-            // A pooled connection the server closed meanwhile (idle timeout, restart): one fresh try.
             Ok(Err(FsError::Connection(why))) if reused => {
                 tracing::debug!(%why, "pooled connection failed; reconnecting");
-                let mut conn = Connection::open(&self.credentials, self.timeout).await?.0;
-                let answer = tokio::time::timeout(self.timeout, conn.call(req, payload))
+                let mut conn = Connection::open(&self.remote.credentials, timeout).await?.0;
+                let answer = tokio::time::timeout(timeout, conn.call(req, payload))
                     .await
                     .map_err(|_| connection_error(format!("{:?} timed out", R::KIND)))?;
                 if matches!(answer, Ok(_) | Err(FsError::Server(_))) {
-                    self.idle.lock().expect("pool lock").push(conn);
+                    self.conn = Some(conn);
                 }
                 answer
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(connection_error(format!("{:?} timed out after {:?}", R::KIND, self.timeout))),
+            Err(_) => Err(connection_error(format!("{:?} timed out after {timeout:?}", R::KIND))),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.remote.idle.lock().expect("pool lock").push(conn);
         }
     }
 }

@@ -726,14 +726,22 @@ impl NetFs {
         let mut uploaded = None;
         // Another connection (or mount) may finish the same content first: asking again then settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
-            let mut answer = self.remote.call(&req).await?;
+            // A challenge is answered on the connection that asked it.
+            let mut session = self.remote.session().await?;
+            let mut answer = session.call(&req).await?;
             if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
                 let proofs = ranges
                     .iter()
                     .map(|r| s.range(r.offset, r.len).map(|bytes| ownership_proof(nonce, &bytes)))
                     .collect::<std::io::Result<Vec<_>>>()?;
-                answer = self.remote.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await?;
+                match session.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await {
+                    Ok(a) => answer = a,
+                    // The connection was replaced between question and answer: ask again.
+                    Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => continue,
+                    Err(e) => return Err(e),
+                }
             }
+            drop(session);
             match answer {
                 UploadFileRes::Instant { attr } => {
                     tracing::debug!(%path, "instant upload");

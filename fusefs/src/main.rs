@@ -52,6 +52,13 @@ struct Cli {
 }
 
 fn main() {
+    // Chunk buffers are a few MiB each and come from many threads. glibc would raise its mmap threshold after the
+    // first one is freed and then keep them in per-thread arenas; a fixed threshold hands them back to the system,
+    // so the mount's memory stays flat during long copies.
+    // SAFETY: mallopt only tunes the allocator; called first thing, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fuser=error".into()),

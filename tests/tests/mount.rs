@@ -302,3 +302,29 @@ fn cp_inside_the_mount_copies_on_the_server() {
     assert_eq!(second.sh_ok("tail -c 5 b.bin"), "tail\n");
     second.sh_ok(&format!("cmp {src} a.bin"));
 }
+
+#[test]
+fn many_files_copied_in_at_once_all_arrive() {
+    let f = fixture();
+    let local = tempfile::tempdir().unwrap();
+    let mut script = String::from("mkdir -p par && (");
+    // Sixteen uploads at once share the mount's connections: each upload's challenge must be answered on the
+    // connection that asked it, while the others' chunks keep the pool busy.
+    for i in 0..16 {
+        let src = local.path().join(format!("f{i}"));
+        write_file(&src, &random_bytes(100 + i, (4 << 20) + (i as usize % 4) * (2 << 20) + 7 * i as usize));
+        script.push_str(&format!("cp {} par/f{i} & ", src.display()));
+    }
+    script.push_str("wait) && for i in $(seq 0 15); do test -f par/f$i || exit 1; done");
+    // Each cp's exit status is checked: `wait` alone returns 0, so compare every file too.
+    f.mount.sh_ok(&script);
+    for i in 0..16 {
+        let src = local.path().join(format!("f{i}"));
+        f.mount.sh_ok(&format!("cmp {} par/f{i}", src.display()));
+    }
+    let second = Mount::start(&f.server, "ann", "pw");
+    for i in 0..16 {
+        let src = local.path().join(format!("f{i}"));
+        second.sh_ok(&format!("cmp {} par/f{i}", src.display()));
+    }
+}
