@@ -38,14 +38,41 @@ impl Cache {
         self.dir.join(format!("{md5}-{index}"))
     }
 
-    pub fn get(&self, md5: &str, index: u64) -> Option<Vec<u8>> {
-        {
-            let mut state = self.state.lock().expect("cache lock");
-            state.clock += 1;
-            let clock = state.clock;
-            state.entries.get_mut(&(md5.to_string(), index))?.last_use = clock;
+    /// Marks the block as just used; false when it is not cached.
+    fn touch(&self, md5: &str, index: u64) -> bool {
+        let mut state = self.state.lock().expect("cache lock");
+        state.clock += 1;
+        let clock = state.clock;
+        match state.entries.get_mut(&(md5.to_string(), index)) {
+            Some(e) => {
+                e.last_use = clock;
+                true
+            }
+            None => false,
         }
-        std::fs::read(self.file(md5, index)).ok()
+    }
+
+    pub fn contains(&self, md5: &str, index: u64) -> bool {
+        self.touch(md5, index)
+    }
+
+    /// Bytes `start..stop` of a cached block (only those are read), or `None` when it is not cached.
+    pub fn read(&self, md5: &str, index: u64, start: usize, stop: usize) -> Option<Vec<u8>> {
+        if !self.touch(md5, index) {
+            return None;
+        }
+        let file = std::fs::File::open(self.file(md5, index)).ok()?;
+        let mut buf = vec![0u8; stop.saturating_sub(start)];
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(&file, &mut buf[done..], (start + done) as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(done);
+        Some(buf)
     }
 
     pub fn put(&self, md5: &str, index: u64, data: &[u8]) {
@@ -89,10 +116,11 @@ mod tests {
         let cache = Cache::new(dir.path().join("blocks"), 10).unwrap();
         cache.put("a", 0, b"12345");
         cache.put("b", 0, b"12345");
-        assert_eq!(cache.get("a", 0).unwrap(), b"12345");
+        assert_eq!(cache.read("a", 0, 0, 5).unwrap(), b"12345");
+        assert_eq!(cache.read("a", 0, 1, 3).unwrap(), b"23");
         cache.put("c", 0, b"123");
-        assert!(cache.get("b", 0).is_none(), "b was least recently used");
-        assert!(cache.get("a", 0).is_some() && cache.get("c", 0).is_some());
+        assert!(!cache.contains("b", 0), "b was least recently used");
+        assert!(cache.contains("a", 0) && cache.contains("c", 0));
         assert!(cache.used() <= 10);
     }
 }

@@ -618,15 +618,23 @@ impl NetFs {
         let mut out = Vec::with_capacity((end - offset) as usize);
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
         for index in first..=last {
-            let block = self.block(&path, &md5, index).await?;
             let start = if index == first { (offset % BLOCK) as usize } else { 0 };
             let stop = if index == last { ((end - 1) % BLOCK + 1) as usize } else { BLOCK as usize };
+            // A cached block is read only where the kernel asked, not whole.
+            if let Some(bytes) = self.cache.read(&md5, index, start, stop) {
+                out.extend_from_slice(&bytes);
+                continue;
+            }
+            let block = self.block(&path, &md5, index).await?;
             out.extend_from_slice(&block[start.min(block.len())..stop.min(block.len())]);
         }
         if sequential {
             let blocks = file_size.div_ceil(BLOCK);
             for index in (last + 1)..(last + 1 + READAHEAD_BLOCKS).min(blocks) {
                 let (fs, path, md5) = (self.clone(), path.clone(), md5.clone());
+                if fs.cache.contains(&md5, index) {
+                    continue;
+                }
                 tokio::spawn(async move {
                     let _ = fs.block(&path, &md5, index).await;
                 });
@@ -635,11 +643,9 @@ impl NetFs {
         Ok(out)
     }
 
-    /// One block of content `md5`: from the cache, or downloaded once however many readers want it.
+    /// One block of content `md5`, downloaded (and cached) once however many readers want it at the same time.
+    /// Readahead calls it too, for blocks not cached yet.
     async fn block(&self, path: &str, md5: &str, index: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some(data) = self.cache.get(md5, index) {
-            return Ok(Arc::new(data));
-        }
         let key = (md5.to_string(), index);
         let cell = self.inflight.lock().expect("inflight lock").entry(key.clone()).or_default().clone();
         let result = cell

@@ -52,12 +52,12 @@ struct Cli {
 }
 
 fn main() {
-    // Chunk buffers are a few MiB each and come from many threads. glibc would raise its mmap threshold after the
-    // first one is freed and then keep them in per-thread arenas; a fixed threshold hands them back to the system,
-    // so the mount's memory stays flat during long copies.
+    // Upload chunks are 4 MiB buffers made on many threads. glibc would raise its mmap threshold after the first
+    // one is freed and then keep such buffers in per-thread arenas; a fixed threshold of 2 MiB hands them back to
+    // the system (so memory stays flat during long copies) while 1 MiB read blocks still come from the heap.
     // SAFETY: mallopt only tunes the allocator; called first thing, before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 * 1024 * 1024);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
