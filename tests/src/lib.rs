@@ -22,6 +22,7 @@ use netdisk_protocol::{
 pub use netdisk_protocol;
 
 pub mod mount;
+pub mod sshfs;
 
 /// Read and write timeout of every client socket: nothing in a test can hang longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,6 +116,23 @@ pub fn children_of(ppid: i32) -> Vec<ProcInfo> {
         .filter_map(proc_info)
         .filter(|p| p.ppid == ppid)
         .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Every process descended from `pid` (children, their children ...), zombies included, from one scan of `/proc`.
+pub fn descendants_of(pid: i32) -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let all: Vec<ProcInfo> =
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(proc_info).collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for p in all.iter().filter(|p| p.ppid == parent) {
+            frontier.push(p.pid);
+            out.push(p.clone());
+        }
+    }
     out.sort_by_key(|p| p.pid);
     out
 }
