@@ -64,9 +64,15 @@ pub struct ServerOpts {
     pub idle_timeout: Option<u64>,
     pub stall_timeout: Option<u64>,
     pub chunk_size: Option<u32>,
+    /// `--durability full|normal`.
+    pub durability: Option<&'static str>,
 }
 
 impl ServerOpts {
+    pub fn durability(mut self, level: &'static str) -> Self {
+        self.durability = Some(level);
+        self
+    }
     pub fn max_children(mut self, n: usize) -> Self {
         self.max_children = Some(n);
         self
@@ -187,6 +193,9 @@ impl Server {
         }
         if let Some(b) = opts.chunk_size {
             cmd.arg("--chunk-size").arg(b.to_string());
+        }
+        if let Some(level) = opts.durability {
+            cmd.arg("--durability").arg(level);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));

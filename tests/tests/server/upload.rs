@@ -488,3 +488,20 @@ fn upload_requests_with_bad_arguments_are_refused() {
     assert_eq!(c.read_file("/ok").expect("download"), b"fine");
     assert_eq!(c.names("/").expect("list"), vec!["dir".to_string(), "ok".to_string()]);
 }
+
+#[test]
+fn normal_durability_serves_the_same_protocol() {
+    // --durability normal skips the fsyncs; everything a client can observe is the same.
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536).durability("normal"));
+    let mut c = alice(&server);
+    let data = random_bytes(31, 5 * 65536 + 99);
+    let out = c.upload("/n", &data, 0o644).expect("upload");
+    assert!(!out.instant && out.chunks_sent == 6, "a chunked upload: {out:?}");
+    assert_same_bytes(&c.read_file("/n").expect("download"), &data, "normal durability");
+    let again = c.upload("/n2", &data, 0o644).expect("instant upload");
+    assert!(again.instant && again.chunks_sent == 0);
+    c.call(&netdisk_e2e::netdisk_protocol::SetAttr { path: "/n".into(), size: Some(10), ..Default::default() })
+        .expect("truncate");
+    assert_eq!(c.read_file("/n").expect("download"), &data[..10]);
+    assert_same_bytes(&c.read_file("/n2").expect("download"), &data, "the other copy keeps its content");
+}
