@@ -62,16 +62,11 @@ impl Cache {
             return None;
         }
         let file = std::fs::File::open(self.file(md5, index)).ok()?;
+        let len = file.metadata().ok()?.len() as usize;
+        let stop = stop.min(len);
         let mut buf = vec![0u8; stop.saturating_sub(start)];
-        let mut done = 0;
-        while done < buf.len() {
-            match std::os::unix::fs::FileExt::read_at(&file, &mut buf[done..], (start + done) as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(done);
+        // A block file is written whole under another name and renamed into place, so it is never seen half-written.
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start as u64).ok()?;
         Some(buf)
     }
 
@@ -79,7 +74,13 @@ impl Cache {
         if data.len() as u64 > self.limit {
             return;
         }
-        if let Err(e) = std::fs::write(self.file(md5, index), data) {
+        // Written under a temporary name and renamed: a reader never sees a partly written block.
+        let path = self.file(md5, index);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".tmp-{unique}"));
+        if let Err(e) = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
             tracing::warn!(error = %e, "cannot write to the block cache");
             return;
         }
@@ -109,6 +110,27 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_written_again_is_never_read_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = std::sync::Arc::new(Cache::new(dir.path().join("blocks"), 1 << 30).unwrap());
+        let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        cache.put("m", 0, &block);
+        let writer = {
+            let (cache, block) = (cache.clone(), block.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    cache.put("m", 0, &block);
+                }
+            })
+        };
+        for _ in 0..500 {
+            let part = cache.read("m", 0, 4096, 8192).expect("cached");
+            assert_eq!(part, &block[4096..8192]);
+        }
+        writer.join().unwrap();
+    }
 
     #[test]
     fn evicts_least_recently_used_within_the_limit() {

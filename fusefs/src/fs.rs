@@ -644,8 +644,11 @@ impl NetFs {
     }
 
     /// One block of content `md5`, downloaded (and cached) once however many readers want it at the same time.
-    /// Readahead calls it too, for blocks not cached yet.
+    /// Readahead calls it too; a block cached meanwhile is not downloaded again.
     async fn block(&self, path: &str, md5: &str, index: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.read(md5, index, 0, BLOCK as usize) {
+            return Ok(Arc::new(data));
+        }
         let key = (md5.to_string(), index);
         let cell = self.inflight.lock().expect("inflight lock").entry(key.clone()).or_default().clone();
         let result = cell
