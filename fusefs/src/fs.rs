@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
-use crate::handles::{process_of, Handle, OpenFiles, SharedStaging, Staging};
+use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::Inodes;
 
 /// Blocks fetched ahead of a sequential reader.
@@ -213,7 +213,7 @@ impl NetFs {
                 }
             };
         }
-        // Changes kept racing the lookup: answer from the server without caching.
+        // Changes kept racing the lookup (a long upload holds one in flight): take the server's answer as it is.
         let attr = self.remote.call(&Stat { path }).await?.attr;
         self.remembered(parent, name, attr).await
     }
@@ -413,7 +413,7 @@ impl NetFs {
             if let Some(size) = ch.size {
                 self.load(ino, &mut s).await?;
                 s.truncate(size)?;
-                s.written_by(process_of(pid));
+                s.written_by(pid);
             }
             if let Some(mode) = ch.mode {
                 s.mode = mode;
@@ -466,7 +466,7 @@ impl NetFs {
         }
         let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
         staging.dirty = true;
-        staging.written_by(process_of(pid));
+        staging.written_by(pid);
         let t = now();
         let attr = Attr {
             ino: 0,
@@ -518,7 +518,6 @@ impl NetFs {
                     let mut locked = s.lock().await;
                     locked.remote_content = None;
                     locked.truncate(0)?;
-                    locked.written_by(process_of(pid));
                 }
                 s
             }
@@ -527,15 +526,15 @@ impl NetFs {
                     Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
                 if truncate {
                     s.dirty = attr.size > 0;
-                    s.written_by(process_of(pid));
                 } else if attr.size > 0 {
-                    self.fetch_into(ino, &attr, &mut s).await?;
+                    let md5 = attr.md5.as_deref().unwrap_or_default();
+                    self.download_into(ino, md5, attr.size, &mut s).await?;
                 }
                 Arc::new(tokio::sync::Mutex::new(s))
             }
         };
         // The opener's close uploads what is written through this handle.
-        staging.lock().await.written_by(process_of(pid));
+        staging.lock().await.written_by(pid);
         let handle = Handle { ino, writable: true, md5: None, size: 0, last_read_end: 0 };
         self.inodes().get_mut(ino).ok_or_else(not_found)?.cached_md5 = None;
         Ok((self.open_files().add(handle, Some(staging)), false))
@@ -550,10 +549,6 @@ impl NetFs {
     }
 
     /// Downloads a file's whole content into a staging file (to modify it in place).
-    async fn fetch_into(&self, ino: u64, attr: &Attr, staging: &mut Staging) -> Result<()> {
-        self.download_into(ino, attr.md5.as_deref().unwrap_or_default(), attr.size, staging).await
-    }
-
     async fn download_into(&self, ino: u64, md5: &str, size: u64, staging: &mut Staging) -> Result<()> {
         let path = self.path(ino)?;
         let mut offset = 0u64;
@@ -592,7 +587,7 @@ impl NetFs {
             self.rt.block_on(self.load(ino, &mut s))?;
         }
         s.write(offset, data)?;
-        s.written_by(process_of(pid));
+        s.written_by(pid);
         Ok(data.len() as u32)
     }
 
@@ -678,7 +673,7 @@ impl NetFs {
         }
         let Some(staging) = self.open_files().staging(ino) else { return Ok(()) };
         let mut s = staging.lock().await;
-        if !s.was_written_by(process_of(pid)) {
+        if !s.was_written_by(pid) {
             return Ok(());
         }
         self.upload(ino, &mut s).await

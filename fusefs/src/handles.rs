@@ -35,10 +35,13 @@ pub struct Staging {
     pub remote_content: Option<(String, u64)>,
     /// Processes (thread group ids) that changed the content: their `close` uploads it and reports its errors.
     writers: HashSet<u32>,
+    /// Threads already counted in `writers` (FUSE requests carry thread ids): `/proc` is read once per thread,
+    /// not once per write.
+    writer_threads: HashSet<u32>,
 }
 
 /// The process (thread group) a thread belongs to: FUSE requests carry the thread id.
-pub fn process_of(tid: u32) -> u32 {
+fn process_of(tid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{tid}/status"))
         .ok()
         .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok())))
@@ -65,6 +68,7 @@ impl Staging {
             mtime: None,
             remote_content: None,
             writers: HashSet::new(),
+            writer_threads: HashSet::new(),
         })
     }
 
@@ -113,14 +117,16 @@ impl Staging {
         Ok(())
     }
 
-    /// Records that process `pid` changed the content.
-    pub fn written_by(&mut self, pid: u32) {
-        self.writers.insert(pid);
+    /// Records that the process of thread `tid` (as a FUSE request names it) changed the content.
+    pub fn written_by(&mut self, tid: u32) {
+        if self.writer_threads.insert(tid) {
+            self.writers.insert(process_of(tid));
+        }
     }
 
-    /// Whether process `pid` changed the content (its `close` must upload it).
-    pub fn was_written_by(&self, pid: u32) -> bool {
-        self.writers.contains(&pid)
+    /// Whether the process of thread `tid` changed the content (its `close` must upload it).
+    pub fn was_written_by(&self, tid: u32) -> bool {
+        self.writer_threads.contains(&tid) || self.writers.contains(&process_of(tid))
     }
 
     pub fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {

@@ -754,25 +754,16 @@ impl Meta {
         let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
             return Ok(None);
         };
-        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
-        let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
-        let placed = place_content(&tx, user, &upload.path, Content { pfile_id: Some(sealed), size: size as u64 }, new);
-        match placed {
+        match place_upload(&tx, user, upload, sealed)? {
             Ok((attr, more)) => {
                 released.extend(more);
-                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-                released.extend(release_if_unreferenced(&tx, sealed)?);
                 tx.commit()?;
                 Ok(Some((Ok(attr), released)))
             }
             Err(e) => {
-                // The path cannot take it (its directory went away): nothing refers to the content, drop it.
+                // The seal is rolled back with the placement: the unfinished file goes with its upload.
                 tx.rollback()?;
-                let tx = self.write()?;
-                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-                let released = release_if_orphan_upload(&tx, pfile_id)?;
-                tx.commit()?;
-                Ok(Some((Err(e), released)))
+                Ok(Some((Err(e), self.drop_unplaced_upload(upload, pfile_id)?)))
             }
         }
     }
@@ -782,27 +773,26 @@ impl Meta {
     /// inner result says why. A complete physical file that ends up with no reference is released either way.
     pub fn finish_upload(&mut self, user: &User, upload: &Upload, pfile_id: i64) -> Result<(Result<Attr>, Released)> {
         let tx = self.write()?;
-        let size: i64 =
-            tx.query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))?;
-        let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
-        let placed =
-            place_content(&tx, user, &upload.path, Content { pfile_id: Some(pfile_id), size: size as u64 }, new);
-        match placed {
-            Ok((attr, mut released)) => {
-                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-                released.extend(release_if_unreferenced(&tx, pfile_id)?);
+        match place_upload(&tx, user, upload, pfile_id)? {
+            Ok((attr, released)) => {
                 tx.commit()?;
                 Ok((Ok(attr), released))
             }
             Err(e) => {
                 tx.rollback()?;
-                let tx = self.write()?;
-                tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-                let released = release_if_unreferenced(&tx, pfile_id)?;
-                tx.commit()?;
-                Ok((Err(e), released))
+                Ok((Err(e), self.drop_unplaced_upload(upload, pfile_id)?))
             }
         }
+    }
+
+    /// Forgets an upload whose content could not be placed, and its physical file if nothing else refers to it.
+    fn drop_unplaced_upload(&mut self, upload: &Upload, pfile_id: i64) -> Result<Released> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+        let mut released = release_if_unreferenced(&tx, pfile_id)?;
+        released.extend(release_if_orphan_upload(&tx, pfile_id)?);
+        tx.commit()?;
+        Ok(released)
     }
 
     /// Instant upload: refers to a complete physical file from `path`, if it is still complete (a concurrent delete may have released it).
@@ -857,6 +847,22 @@ fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<
             (pfile_id, Vec::new())
         }
     }))
+}
+
+/// Places the complete physical file `pfile_id` at the upload's path and forgets the upload, inside the caller's
+/// transaction. The inner error is the path refusing the content (the caller rolls back and drops the upload).
+fn place_upload(conn: &Connection, user: &User, upload: &Upload, pfile_id: i64) -> Result<Result<(Attr, Released)>> {
+    let size: i64 =
+        conn.query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))?;
+    let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
+    let content = Content { pfile_id: Some(pfile_id), size: size as u64 };
+    let (attr, mut released) = match place_content(conn, user, &upload.path, content, new) {
+        Ok(placed) => placed,
+        Err(e) => return Ok(Err(e)),
+    };
+    conn.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+    released.extend(release_if_unreferenced(conn, pfile_id)?);
+    Ok(Ok((attr, released)))
 }
 
 fn insert_pfile(conn: &Connection, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {

@@ -76,7 +76,7 @@ fn shell_tools_behave_as_on_a_local_disk() {
     m.sh_ok(
         "printf 'hello world\\n' > s.txt && sed -i 's/world/there/' s.txt && test \"$(cat s.txt)\" = 'hello there'",
     );
-    m.sh_ok("rm -rf z a && test -z \"$(ls)\" || ls | grep -qx s.txt");
+    m.sh_ok("rm -rf z a && test ! -e z && test ! -e a && test \"$(ls)\" = s.txt");
     m.sh_ok("mkdir d && touch d/x && ! rmdir d 2>/dev/null && rm d/x && rmdir d");
     // Every change reached the server: a second mount sees the same tree.
     let second = Mount::start(&f.server, "ann", "pw");
