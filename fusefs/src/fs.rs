@@ -814,7 +814,7 @@ impl NetFs {
                 })
                 .await
                 .map_err(|e| FsError::Connection(e.to_string()))??;
-                let req = UploadChunk { upload_id, index, md5: md5_hex(&data) };
+                let req = UploadChunk { upload_id, index, crc32c: chunk_crc(&data) };
                 remote.call_with_payload(&req, &data).await.map(|(res, _)| res.complete)
             });
             while let Some(done) = tasks.try_join_next() {

@@ -7,7 +7,7 @@ use crate::error::{DecodeError, WireError};
 use crate::io::{read_frame, write_frame, Direction, FrameError};
 use crate::kind::Kind;
 use crate::message::*;
-use crate::{md5_hex, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
+use crate::{chunk_crc, md5_hex, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -225,7 +225,7 @@ impl<S: Read + Write> Client<S> {
                 let bytes = data
                     .get(start..end)
                     .ok_or_else(|| ClientError::Protocol(format!("server asked for chunk {index} beyond the data")))?;
-                let req = UploadChunk { upload_id, index, md5: md5_hex(bytes) };
+                let req = UploadChunk { upload_id, index, crc32c: chunk_crc(bytes) };
                 match self.call_with_payload(&req, bytes) {
                     Ok((res, _)) => {
                         sent += 1;

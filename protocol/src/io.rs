@@ -114,7 +114,7 @@ mod tests {
             prop_assert_eq!(frame.head.request_id, id);
             prop_assert_eq!(AnyRequest::decode(frame.head.kind, &frame.header).unwrap(), AnyRequest::Stat(stat));
 
-            let chunk = UploadChunk { upload_id: id, index, md5: crate::md5_hex(&payload) };
+            let chunk = UploadChunk { upload_id: id, index, crc32c: crate::chunk_crc(&payload) };
             let mut bytes = Vec::new();
             write_frame(&mut bytes, Kind::UploadChunk, id, &chunk, &payload).unwrap();
             let frame = read_frame(&mut &bytes[..], Direction::Request).unwrap();

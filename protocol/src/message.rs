@@ -266,8 +266,10 @@ pub struct QueryChunkRes {
 pub struct UploadChunk {
     pub upload_id: u64,
     pub index: u32,
-    /// md5 of this chunk's bytes, checked by the server after they land.
-    pub md5: String,
+    /// CRC-32C of this chunk's bytes (`chunk_crc`), checked by the server after they land: it catches bytes
+    /// damaged on the way, so that one chunk is sent again. What the content is, is settled by the file's md5
+    /// and SHA-256, which the server computes itself from what it stored.
+    pub crc32c: u32,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadChunkRes {

@@ -94,11 +94,6 @@ impl Blobs {
     }
 }
 
-/// md5 (lowercase hex) of `len` bytes of `file` at `offset`; short if the file ends first.
-pub fn range_md5(file: &File, offset: u64, len: u64) -> io::Result<String> {
-    range_proof(file, "", offset, len)
-}
-
 /// The ownership proof of a range: md5 of `nonce` then the bytes (see `netdisk_protocol::ownership_proof`).
 pub fn range_proof(file: &File, nonce: &str, offset: u64, len: u64) -> io::Result<String> {
     let mut hasher = Md5::new();
@@ -107,30 +102,75 @@ pub fn range_proof(file: &File, nonce: &str, offset: u64, len: u64) -> io::Resul
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// md5 and SHA-256 of a whole file of `size` bytes, read back from disk (what was stored, not what was claimed).
-/// One pass over the file; SHA-256 runs on a second thread, so the wall time is that of md5 alone.
-/// (A connection process never forks, so a thread here is safe.)
-pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
+/// md5 and SHA-256 of a physical file's first bytes, extended chunk by chunk as they land and resumable:
+/// between chunks (which may come over several connections, so several processes) its state is kept in the
+/// database. When it covers the whole file, sealing needs no second pass over the bytes.
+pub struct RunningHash {
+    md5: Md5,
+    sha256: Sha256,
+}
+
+impl RunningHash {
+    pub fn new() -> RunningHash {
+        RunningHash { md5: Md5::new(), sha256: Sha256::new() }
+    }
+
+    /// The state `save` wrote; `None` if it is not one.
+    pub fn restore(state: &[u8]) -> Option<RunningHash> {
+        use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+        let split = SerializedState::<Md5>::default().len();
+        if state.len() != split + SerializedState::<Sha256>::default().len() {
+            return None;
+        }
+        let (md5, sha256) = state.split_at(split);
+        Some(RunningHash {
+            md5: Md5::deserialize(md5.try_into().ok()?).ok()?,
+            sha256: Sha256::deserialize(sha256.try_into().ok()?).ok()?,
+        })
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        use sha2::digest::common::hazmat::SerializableState;
+        let mut state = self.md5.serialize().to_vec();
+        state.extend_from_slice(&self.sha256.serialize());
+        state
+    }
+
+    pub fn finish(self) -> Hashes {
+        Hashes { md5: hex::encode(self.md5.finalize()), sha256: hex::encode(self.sha256.finalize()) }
+    }
+}
+
+/// Reads `len` bytes of `file` at `offset` once: returns their CRC-32C (the chunk checksum of the protocol)
+/// and feeds them to `running` when given, SHA-256 on a second thread so that the wall time is md5's alone.
+/// (A connection process never forks, so a thread here is safe.) Fails if the file ends first.
+pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash>) -> io::Result<u32> {
+    let Some(running) = running else {
+        let mut crc = 0;
+        let read = each_block(file, offset, len, |block| crc = netdisk_protocol::chunk_crc_append(crc, block))?;
+        return if read == len { Ok(crc) } else { Err(short(offset + read, offset + len)) };
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
+    let mut sha = std::mem::take(&mut running.sha256);
     std::thread::scope(|scope| {
-        let sha = scope.spawn(move || {
-            let mut sha = Sha256::new();
+        let sha_thread = scope.spawn(move || {
             for block in rx {
                 sha.update(&block[..]);
             }
-            hex::encode(sha.finalize())
+            sha
         });
-        let mut md5 = Md5::new();
-        let mut offset = 0u64;
+        let mut crc = 0;
+        let mut done = 0u64;
         let mut failure = None;
-        while offset < size {
-            let mut buf = vec![0u8; READ_BUF.min((size - offset) as usize)];
-            match read_full_at(file, &mut buf, offset) {
+        while done < len {
+            let mut buf = vec![0u8; READ_BUF.min((len - done) as usize)];
+            match read_full_at(file, &mut buf, offset + done) {
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
-                    md5.update(&buf);
-                    offset += n as u64;
+                    running.md5.update(&buf);
+                    crc = netdisk_protocol::chunk_crc_append(crc, &buf);
+                    done += n as u64;
                     if tx.send(std::sync::Arc::new(buf)).is_err() {
                         break;
                     }
@@ -142,15 +182,24 @@ pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
             }
         }
         drop(tx);
-        let sha256 = sha.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
-        if let Some(e) = failure {
-            return Err(e);
+        running.sha256 = sha_thread.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
+        match failure {
+            Some(e) => Err(e),
+            None if done != len => Err(short(offset + done, offset + len)),
+            None => Ok(crc),
         }
-        if offset != size {
-            return Err(io::Error::other(format!("blob has {offset} bytes, expected {size}")));
-        }
-        Ok(Hashes { md5: hex::encode(md5.finalize()), sha256 })
     })
+}
+
+fn short(have: u64, want: u64) -> io::Error {
+    io::Error::other(format!("blob has {have} bytes, expected {want}"))
+}
+
+/// md5 and SHA-256 of a whole file of `size` bytes, read back from disk (what was stored, not what was claimed).
+pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
+    let mut running = RunningHash::new();
+    scan(file, 0, size, Some(&mut running))?;
+    Ok(running.finish())
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -216,8 +265,32 @@ mod tests {
         let h = hash_file(&f, 5).unwrap();
         assert_eq!(h.md5, "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(h.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        assert_eq!(range_md5(&f, 1, 3).unwrap(), netdisk_protocol::md5_hex(b"ell"));
+        assert_eq!(range_proof(&f, "", 1, 3).unwrap(), netdisk_protocol::md5_hex(b"ell"));
         assert!(blobs.path(300).ends_with("2c/300"));
         assert!(hash_file(&f, 6).is_err());
+    }
+
+    #[test]
+    fn a_running_hash_saved_between_pieces_equals_the_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path(), Durability::Full);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 999) as u8).collect();
+        let f = blobs.open_for_upload(7, data.len() as u64).unwrap();
+        f.write_all_at(&data, 0).unwrap();
+        let mut state = RunningHash::new().save();
+        for (i, piece) in data.chunks(1 << 20).enumerate() {
+            let mut running = RunningHash::restore(&state).unwrap();
+            let offset = i as u64 * (1 << 20);
+            let crc = scan(&f, offset, piece.len() as u64, Some(&mut running)).unwrap();
+            assert_eq!(crc, netdisk_protocol::chunk_crc(piece));
+            assert_eq!(scan(&f, offset, piece.len() as u64, None).unwrap(), crc);
+            state = running.save();
+        }
+        let whole = RunningHash::restore(&state).unwrap().finish();
+        let direct = hash_file(&f, data.len() as u64).unwrap();
+        assert_eq!(whole.md5, netdisk_protocol::md5_hex(&data));
+        assert_eq!((whole.md5, whole.sha256), (direct.md5, direct.sha256));
+        assert!(RunningHash::restore(&state[1..]).is_none());
+        assert!(scan(&f, data.len() as u64 - 10, 11, None).is_err());
     }
 }

@@ -16,6 +16,8 @@ use crate::meta::{Content, Meta, NewFile, PFile, Upload, User, EMPTY_MD5};
 use crate::splice::{self, Pipe};
 use crate::users;
 
+/// Most chunks hashed from disk between two saves of a running hash.
+const HASH_CHUNKS_PER_SAVE: u32 = 8;
 /// Size of each range an ownership challenge asks the md5 of.
 const PROOF_RANGE: u64 = 64 * 1024;
 /// How many ranges a challenge names.
@@ -24,6 +26,15 @@ const PROOF_RANGES: usize = 3;
 const MAX_OPEN_CHALLENGES: usize = 64;
 /// Wrong passwords a connection may try before it is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
+
+/// What `advance_hash` does when another connection moved the running hash on meanwhile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Overtaken {
+    /// Leave the rest to that connection.
+    Stop,
+    /// Go on from where it got (the file must be hashed to the end now).
+    GoOn,
+}
 
 /// Whether the connection goes on after a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +90,15 @@ fn choose_ranges(size: u64) -> Vec<ByteRange> {
         return vec![ByteRange { offset: 0, len: size }];
     }
     (0..PROOF_RANGES).map(|_| ByteRange { offset: random_u64() % (size - PROOF_RANGE + 1), len: PROOF_RANGE }).collect()
+}
+
+/// The running hash of a physical file's first `hashed_chunks` chunks (a fresh one before any).
+fn restore_hash(pfile: &PFile) -> Option<blobs::RunningHash> {
+    match &pfile.hash_state {
+        Some(state) => blobs::RunningHash::restore(state),
+        None if pfile.hashed_chunks == 0 => Some(blobs::RunningHash::new()),
+        None => None,
+    }
 }
 
 fn check_md5(md5: &str) -> Result<()> {
@@ -336,7 +356,6 @@ impl Session {
     }
 
     fn plan_chunk(&self, user: &User, r: &UploadChunk, payload_len: u64) -> Result<ChunkPlan> {
-        check_md5(&r.md5)?;
         let upload = self.meta.upload(user, r.upload_id)?;
         let pfile = self
             .meta
@@ -400,32 +419,72 @@ impl Session {
         offset: u64,
         len: u64,
     ) -> Result<UploadChunkRes> {
+        // When the file's running hash reaches this chunk, the pass that checks it extends the hash too.
+        let mut running = if pfile.hashed_chunks == r.index { restore_hash(pfile) } else { None };
+        if blobs::scan(file, offset, len, running.as_mut())? != r.crc32c {
+            return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its checksum", r.index));
+        }
         if pfile.total_chunks == 1 {
-            // The one chunk is the whole file: a single pass checks it, the whole-file check and sealing follow
-            // at once, without recording chunk progress in between. (When the chunk's declared md5 is the file's,
-            // the whole-file check is the chunk check too.)
-            if r.md5 != pfile.md5 && blobs::range_md5(file, offset, len)? != r.md5 {
-                return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its md5", r.index));
-            }
-            let attr = self.verify_and_place(user, upload, pfile, file)?;
+            // The one chunk is the whole file, hashed by that same pass: sealing follows at once, without
+            // recording chunk progress in between.
+            let hashes = match running {
+                Some(running) => running.finish(),
+                None => blobs::hash_file(file, pfile.size)?,
+            };
+            let attr = self.verify_and_place(user, upload, pfile, file, hashes)?;
             return Ok(UploadChunkRes { index: r.index, complete: Some(attr) });
         }
-        if blobs::range_md5(file, offset, len)? != r.md5 {
-            return fail(ErrorCode::ChecksumMismatch, format!("chunk {} does not match its md5", r.index));
-        }
         self.blobs.sync_data(file)?;
-        let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index)? else {
+        let hashed_here = running.is_some();
+        let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index, running.map(|h| h.save()))? else {
             // Another connection finished this content meanwhile; `UploadFile` again settles it.
             return Ok(UploadChunkRes { index: r.index, complete: None });
         };
-        if pfile.complete || pfile.chunks_uploaded < pfile.total_chunks {
+        if pfile.complete {
+            return Ok(UploadChunkRes { index: r.index, complete: None });
+        }
+        if pfile.chunks_uploaded < pfile.total_chunks {
+            // The running hash is this connection's to move on when it has just covered this chunk, or was
+            // waiting for it: then the chunks that came ahead of this one are hashed now. (One database write
+            // decides it, so one connection at a time hashes a file: no byte is hashed twice.)
+            if pfile.hashed_chunks == r.index + 1 && hashed_here || pfile.hashed_chunks == r.index {
+                self.advance_hash(pfile, file, Overtaken::Stop)?;
+            }
             return Ok(UploadChunkRes { index: r.index, complete: None });
         }
         let attr = self.finish(user, upload, &pfile)?;
         Ok(UploadChunkRes { index: r.index, complete: Some(attr) })
     }
 
-    /// Every chunk is stored: recompute md5 and SHA-256 from disk, sync, seal, and place the file at its path.
+    /// Extends a physical file's running hash over the chunks stored right after what it covers, reading them
+    /// back from disk. When another connection moves it on meanwhile, `overtaken` says whether to stop there
+    /// or go on from where that one got. Returns the physical file as it is then (`None` if it is gone).
+    fn advance_hash(&mut self, mut pfile: PFile, file: &File, overtaken: Overtaken) -> Result<Option<PFile>> {
+        while !pfile.complete && pfile.hashed_chunks < pfile.total_chunks && pfile.has_chunk(pfile.hashed_chunks) {
+            let Some(mut running) = restore_hash(&pfile) else { break };
+            let from = pfile.hashed_chunks;
+            let mut to = from;
+            // Several chunks per database write.
+            while to < pfile.total_chunks && pfile.has_chunk(to) && to - from < HASH_CHUNKS_PER_SAVE {
+                let offset = to as u64 * pfile.chunk_size as u64;
+                blobs::scan(file, offset, pfile.chunk_len(to), Some(&mut running))?;
+                to += 1;
+            }
+            match self.meta.advance_hash(pfile.id, from, to, running.save())? {
+                None => return Ok(None),
+                Some((p, moved)) => {
+                    pfile = p;
+                    if !moved && overtaken == Overtaken::Stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Some(pfile))
+    }
+
+    /// Every chunk is stored: completes the running md5 and SHA-256 (hashing what it does not cover yet, from
+    /// disk), sync, seal, and place the file at its path.
     /// Several connections of one user may finish the same content at once; whoever comes second settles
     /// its upload on the content the first one sealed.
     fn finish(&mut self, user: &User, upload: &Upload, pfile: &PFile) -> Result<Attr> {
@@ -434,14 +493,25 @@ impl Session {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.settle(user, upload),
             Err(e) => return Err(e.into()),
         };
-        self.verify_and_place(user, upload, pfile, &file)
+        let hashed = self.advance_hash(pfile.clone(), &file, Overtaken::GoOn)?;
+        let hashes = match hashed.filter(|p| p.hashed_chunks == p.total_chunks).as_ref().and_then(restore_hash) {
+            Some(running) => running.finish(),
+            None => blobs::hash_file(&file, pfile.size)?,
+        };
+        self.verify_and_place(user, upload, pfile, &file, hashes)
     }
 
-    /// Hashes the stored bytes (md5 against the declared one, and SHA-256), syncs them, seals the physical file
-    /// and places it at the upload's path.
-    fn verify_and_place(&mut self, user: &User, upload: &Upload, pfile: &PFile, file: &File) -> Result<Attr> {
+    /// Checks the stored bytes' hashes against the declared md5, syncs them, seals the physical file and
+    /// places it at the upload's path.
+    fn verify_and_place(
+        &mut self,
+        user: &User,
+        upload: &Upload,
+        pfile: &PFile,
+        file: &File,
+        hashes: blobs::Hashes,
+    ) -> Result<Attr> {
         let started = std::time::Instant::now();
-        let hashes = blobs::hash_file(file, pfile.size)?;
         if hashes.md5 != pfile.md5 {
             tracing::warn!(path = %upload.path, declared = %pfile.md5, actual = %hashes.md5, "upload does not match its md5; discarded");
             self.meta.discard_pfile(pfile.id)?;
@@ -459,8 +529,8 @@ impl Session {
         };
         self.blobs.remove_all(&released);
         let attr = placed?;
-        let verify_secs = started.elapsed().as_secs_f64();
-        tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, verify_secs, "upload complete");
+        let seal_secs = started.elapsed().as_secs_f64();
+        tracing::info!(path = %upload.path, md5 = %pfile.md5, size = pfile.size, seal_secs, "upload complete");
         Ok(attr)
     }
 

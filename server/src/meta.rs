@@ -14,7 +14,7 @@ use crate::error::{fail, Result};
 /// md5 of zero bytes: the content of every empty file.
 pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -85,6 +85,13 @@ CREATE TABLE uploads (
 CREATE INDEX uploads_pfile ON uploads(pfile_id);
 ";
 
+/// Version 2: an unfinished physical file keeps the md5 and SHA-256 state of its first `hashed_chunks` chunks
+/// (`blobs::RunningHash`), so that sealing it needs no second pass over its bytes.
+const SCHEMA_V2: &str = "
+ALTER TABLE pfiles ADD COLUMN hashed_chunks INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pfiles ADD COLUMN hash_state BLOB;
+";
+
 pub fn now() -> Timespec {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
@@ -133,6 +140,9 @@ pub struct PFile {
     pub chunks_uploaded: u32,
     pub chunk_map: Vec<u8>,
     pub complete: bool,
+    /// Chunks `0..hashed_chunks` are covered by `hash_state` (a saved `blobs::RunningHash`).
+    pub hashed_chunks: u32,
+    pub hash_state: Option<Vec<u8>>,
 }
 
 impl PFile {
@@ -248,6 +258,9 @@ impl Meta {
         }
         if version < 1 {
             tx.execute_batch(SCHEMA_V1)?;
+        }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -701,7 +714,7 @@ impl Meta {
 
     /// Marks a chunk as stored (its data is synced). Returns the updated physical file, or `None` when it is gone
     /// (folded into an identical complete file, or discarded, by another connection meanwhile).
-    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32) -> Result<Option<PFile>> {
+    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32, hashed: Option<Vec<u8>>) -> Result<Option<PFile>> {
         let tx = self.write()?;
         let found = tx
             .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
@@ -717,8 +730,34 @@ impl Meta {
                 params![pfile.chunk_map, pfile.chunks_uploaded, pfile_id],
             )?;
         }
+        if let Some(state) = hashed {
+            if !pfile.complete && pfile.hashed_chunks == index {
+                tx.execute(
+                    "UPDATE pfiles SET hashed_chunks = ?, hash_state = ? WHERE id = ?",
+                    params![index + 1, state, pfile_id],
+                )?;
+                pfile.hashed_chunks = index + 1;
+                pfile.hash_state = Some(state);
+            }
+        }
         tx.commit()?;
         Ok(Some(pfile))
+    }
+
+    /// Records that the running hash of an unfinished physical file now covers `to` chunks, unless another
+    /// connection moved it on from `from` meanwhile. Returns the physical file as it is then (`None` if it is
+    /// gone) and whether this call moved it.
+    pub fn advance_hash(&mut self, pfile_id: i64, from: u32, to: u32, state: Vec<u8>) -> Result<Option<(PFile, bool)>> {
+        let tx = self.write()?;
+        let moved = tx.execute(
+            "UPDATE pfiles SET hashed_chunks = ?, hash_state = ? WHERE id = ? AND hashed_chunks = ? AND complete = 0",
+            params![to, state, pfile_id, from],
+        )? == 1;
+        let pfile = tx
+            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .optional()?;
+        tx.commit()?;
+        Ok(pfile.map(|p| (p, moved)))
     }
 
     /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.
@@ -901,7 +940,8 @@ fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new:
 const ATTR_COLUMNS: &str = "n.id, n.kind, n.mode, n.uid, n.gid, n.nlink, n.size, n.atime_s, n.atime_ns, \
                             n.mtime_s, n.mtime_ns, n.ctime_s, n.ctime_ns, n.rdev, p.md5";
 
-const PFILE_COLUMNS: &str = "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete";
+const PFILE_COLUMNS: &str =
+    "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete, hashed_chunks, hash_state";
 
 fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
     Ok(PFile {
@@ -913,6 +953,8 @@ fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
         chunks_uploaded: r.get(5)?,
         chunk_map: r.get(6)?,
         complete: r.get(7)?,
+        hashed_chunks: r.get(8)?,
+        hash_state: r.get(9)?,
     })
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use netdisk_protocol::client::{Client, ClientError};
 use netdisk_protocol::io::{read_frame, write_frame, Direction, Frame};
 use netdisk_protocol::{
-    md5_hex, ErrorCode, ProveOwnership, Request, UploadChunk, UploadChunkRes, UploadFile, UploadFileRes,
+    chunk_crc, md5_hex, ErrorCode, ProveOwnership, Request, UploadChunk, UploadChunkRes, UploadFile, UploadFileRes,
 };
 
 pub use netdisk_protocol;
@@ -540,7 +540,7 @@ pub fn send_chunk(
     index: u32,
 ) -> Result<UploadChunkRes, ClientError> {
     let bytes = slot.chunk(data, index);
-    let req = UploadChunk { upload_id: slot.upload_id, index, md5: md5_hex(bytes) };
+    let req = UploadChunk { upload_id: slot.upload_id, index, crc32c: chunk_crc(bytes) };
     client.call_with_payload(&req, bytes).map(|(res, _)| res)
 }
 

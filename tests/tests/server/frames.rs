@@ -9,7 +9,7 @@ use netdisk_e2e::netdisk_protocol::client::Client;
 use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::io::{read_frame, Direction};
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, Kind, QueryChunk, Request, Stat, UploadChunk, MAGIC, MAX_PAYLOAD, MAX_REQUEST_HEADER, VERSION,
+    chunk_crc, md5_hex, Kind, QueryChunk, Request, Stat, UploadChunk, MAGIC, MAX_PAYLOAD, MAX_REQUEST_HEADER, VERSION,
 };
 use netdisk_e2e::{begin_upload, random_bytes, read_until_closed, write_or_closed, ReadHalf, Server, ServerOpts};
 
@@ -125,7 +125,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a valid chunk with its payload, then a bad head",
             bytes: with(
-                request(1, &UploadChunk { upload_id: 1, index: 0, md5: md5_hex(b"x") }, b"x"),
+                request(1, &UploadChunk { upload_id: 1, index: 0, crc32c: chunk_crc(b"x") }, b"x"),
                 &head(*b"XXXX", VERSION, stat_kind, 0, 12, 0),
             ),
             answers: 1,
@@ -197,7 +197,8 @@ fn frames_split_into_single_bytes_or_batched_in_one_write_are_framed_right() {
     let slot = begin_upload(&mut c, "/batched", &data);
     assert_eq!(slot.chunk_count, 3);
     let mut stream: TcpStream = c.into_stream();
-    let chunk_req = |i: u32| UploadChunk { upload_id: slot.upload_id, index: i, md5: md5_hex(slot.chunk(&data, i)) };
+    let chunk_req =
+        |i: u32| UploadChunk { upload_id: slot.upload_id, index: i, crc32c: chunk_crc(slot.chunk(&data, i)) };
     let query = QueryChunk { upload_id: slot.upload_id, indexes: vec![0, 1, 2] };
     let stat = Stat { path: "/batched".into() };
     let mut batch = request(1, &query, &[]);

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use netdisk_e2e::netdisk_protocol::frame::encode_message;
-use netdisk_e2e::netdisk_protocol::{md5_hex, ErrorCode, Kind, QueryChunk, Stat, UploadChunk};
+use netdisk_e2e::netdisk_protocol::{chunk_crc, ErrorCode, Kind, QueryChunk, Stat, UploadChunk};
 use netdisk_e2e::{
     begin_upload, json_string_field, proc_info, random_bytes, read_response_frame, read_until_closed, wait_until,
     Server, ServerOpts, UploadSlot,
@@ -95,7 +95,7 @@ fn a_client_vanishing_mid_payload_ends_its_child_cleanly() {
     assert_eq!(server.live_children().len(), 2);
 
     // The head and header announce 1 MiB; 100 KiB follow; then the client is gone.
-    let req = UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(&data) };
+    let req = UploadChunk { upload_id: slot.upload_id, index: 0, crc32c: chunk_crc(&data) };
     stream.write_all(&encode_message(Kind::UploadChunk, 10, &req, data.len() as u32)).expect("head and header");
     stream.write_all(&data[..100 * 1024]).expect("100 KiB of the payload");
     stream.flush().expect("flush");
@@ -137,7 +137,7 @@ fn stalled_clients_are_closed_after_the_stall_timeout() {
     let mut half_header = server.raw_connect();
     let data = random_bytes(71, 200_000);
     let (mut mid_payload, slot) = pending_upload(&server, "/stalled", &data);
-    let req = UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(&data) };
+    let req = UploadChunk { upload_id: slot.upload_id, index: 0, crc32c: chunk_crc(&data) };
     let mut chunk_start = encode_message(Kind::UploadChunk, 10, &req, data.len() as u32);
     chunk_start.extend_from_slice(&data[..50_000]);
 
@@ -175,7 +175,7 @@ fn a_slow_but_steady_upload_is_not_a_stall() {
     let server = server_with_alice(ServerOpts::default().stall_timeout(1));
     let data = random_bytes(72, 200_000);
     let (mut stream, slot) = pending_upload(&server, "/slow", &data);
-    let req = UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(&data) };
+    let req = UploadChunk { upload_id: slot.upload_id, index: 0, crc32c: chunk_crc(&data) };
     let mut reader =
         netdisk_e2e::netdisk_protocol::client::Client::new(netdisk_e2e::ReadHalf(stream.try_clone().expect("clone")));
     stream.write_all(&encode_message(Kind::UploadChunk, 1, &req, data.len() as u32)).expect("head");
@@ -218,7 +218,7 @@ fn sigterm_stops_the_server_and_its_children() {
     // One connection mid-payload, too.
     let data = random_bytes(73, 300_000);
     let (mut mid, slot) = pending_upload(&server, "/mid", &data);
-    let req = UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(&data) };
+    let req = UploadChunk { upload_id: slot.upload_id, index: 0, crc32c: chunk_crc(&data) };
     mid.write_all(&encode_message(Kind::UploadChunk, 10, &req, data.len() as u32)).expect("head");
     mid.write_all(&data[..1000]).expect("some payload");
     let children: Vec<i32> = server.live_children().iter().map(|p| p.pid).collect();

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use netdisk_e2e::netdisk_protocol::client::{Client, ClientError};
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, DeleteFile, Download, ErrorCode, GetDir, Link, Mkdir, Mknod, NodeKind, Owner, ProveOwnership, QueryChunk,
-    ReadLink, Rename, Rmdir, SetAttr, Stat, Symlink, UploadChunk, UploadFileRes,
+    chunk_crc, DeleteFile, Download, ErrorCode, GetDir, Link, Mkdir, Mknod, NodeKind, Owner, ProveOwnership,
+    QueryChunk, ReadLink, Rename, Rmdir, SetAttr, Stat, Symlink, UploadChunk, UploadFileRes,
 };
 use netdisk_e2e::{begin_upload, expect_code, random_bytes, send_chunk, tree_of, upload_request, ServerOpts};
 
@@ -173,7 +173,7 @@ fn users_cannot_reach_each_others_trees() {
     );
     let chunk1 = slot.chunk(&partial, 1);
     expect_code(
-        b.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 1, md5: md5_hex(chunk1) }, chunk1),
+        b.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 1, crc32c: chunk_crc(chunk1) }, chunk1),
         ErrorCode::UnknownUpload,
         "bob sends a chunk to alice's upload",
     );

@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_PAYLOAD,
+    chunk_crc, md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_PAYLOAD,
 };
 use netdisk_e2e::{begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, ServerOpts};
 
@@ -213,15 +213,16 @@ fn chunk_not_matching_its_md5_is_refused_and_still_needed() {
     let slot = begin_upload(&mut c, "/checked", &data);
     assert_eq!(slot.chunk_count, 4);
 
-    // Chunk 1's bytes with an md5 of other bytes.
+    // Chunk 1's bytes with the checksum of other bytes.
     let bytes = slot.chunk(&data, 1);
     let mut flipped = bytes.to_vec();
     flipped[100] ^= 0xFF;
-    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 1, md5: md5_hex(&flipped) }, bytes);
+    let res =
+        c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 1, crc32c: chunk_crc(&flipped) }, bytes);
     expect_code(res, ErrorCode::ChecksumMismatch, "chunk bytes that do not match their md5");
-    // Corrupted bytes declared with the right md5 of the real chunk.
+    // Corrupted bytes declared with the right checksum of the real chunk.
     let res = c.call_with_payload(
-        &UploadChunk { upload_id: slot.upload_id, index: 2, md5: md5_hex(slot.chunk(&data, 2)) },
+        &UploadChunk { upload_id: slot.upload_id, index: 2, crc32c: chunk_crc(slot.chunk(&data, 2)) },
         &{
             let mut b = slot.chunk(&data, 2).to_vec();
             b[0] ^= 1;
@@ -234,15 +235,17 @@ fn chunk_not_matching_its_md5_is_refused_and_still_needed() {
 
     // A payload of the wrong length is refused too, and the framing survives it.
     let short = &slot.chunk(&data, 0)[..1000];
-    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5_hex(short) }, short);
+    let res =
+        c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 0, crc32c: chunk_crc(short) }, short);
     code_of(res, "a chunk of the wrong length");
     // The last chunk at full chunk size (longer than the file's remainder) is refused.
     let long = &data[3 * 65536 - (65536 - 100)..];
     assert_eq!(long.len(), 65536);
-    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 3, md5: md5_hex(long) }, long);
+    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 3, crc32c: chunk_crc(long) }, long);
     code_of(res, "a last chunk longer than the file's remainder");
     // A chunk index past the end is refused.
-    let res = c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 4, md5: md5_hex(b"abc") }, b"abc");
+    let res =
+        c.call_with_payload(&UploadChunk { upload_id: slot.upload_id, index: 4, crc32c: chunk_crc(b"abc") }, b"abc");
     code_of(res, "a chunk index past the end");
 
     // The right bytes then work, and the file is exactly the data.
@@ -254,6 +257,38 @@ fn chunk_not_matching_its_md5_is_refused_and_still_needed() {
     assert_same_bytes(&c.read_file("/checked").expect("download"), &data, "after refused chunks");
 }
 
+/// The server hashes a file as its chunks land, in file order, whichever connection brings them: chunks that
+/// come early are hashed when the gap before them is filled. Any order gives the same file, and a lie sent
+/// out of order is still caught.
+#[test]
+fn chunks_in_any_order_over_several_connections_make_the_same_file() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let data = random_bytes(21, 10 * 65536 + 777);
+    let order = [3, 1, 0, 9, 2, 10, 8, 4, 5, 7, 6];
+    let mut connections = [alice(&server), alice(&server), alice(&server)];
+    let slot = begin_upload(&mut connections[0], "/shuffled", &data);
+    assert_eq!(slot.chunk_count, 11);
+    let mut complete = None;
+    for (n, index) in order.into_iter().enumerate() {
+        let res = send_chunk(&mut connections[n % 3], &slot, &data, index).expect("chunk");
+        assert_eq!(res.complete.is_some(), n == order.len() - 1, "only the last chunk completes the file");
+        complete = res.complete;
+    }
+    assert_eq!(complete.expect("complete").md5.as_deref(), Some(md5_hex(&data).as_str()));
+    assert_same_bytes(&connections[1].read_file("/shuffled").expect("download"), &data, "shuffled upload");
+
+    // Content nobody holds, declared and then sent as other bytes, last chunk first.
+    let (claimed, lie) = (random_bytes(22, data.len()), random_bytes(23, data.len()));
+    let mut liar = alice(&server);
+    let slot = begin_upload(&mut liar, "/lie", &claimed);
+    let mut last = None;
+    for index in (0..slot.chunk_count).rev() {
+        last = Some(send_chunk(&mut liar, &slot, &lie, index));
+    }
+    expect_code(last.expect("sent"), ErrorCode::ChecksumMismatch, "out-of-order chunks of other bytes");
+    expect_code(liar.stat("/lie"), ErrorCode::NotFound, "stat of the lie");
+}
+
 #[test]
 fn lying_client_cannot_poison_content() {
     let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
@@ -261,11 +296,11 @@ fn lying_client_cannot_poison_content() {
     let y = random_bytes(9, x.len()); // what the liar sends
     let mut liar = alice(&server);
 
-    // Declared: md5 and size of X. Sent: the chunks of Y, each with Y's (correct) chunk md5.
+    // Declared: md5 and size of X. Sent: the chunks of Y, each with its (correct) chunk checksum.
     let slot = begin_upload(&mut liar, "/poison", &x);
     assert_eq!(slot.chunk_count, 6);
     for i in 0..slot.chunk_count - 1 {
-        let res = send_chunk(&mut liar, &slot, &y, i).expect("each chunk matches its own md5");
+        let res = send_chunk(&mut liar, &slot, &y, i).expect("each chunk matches its own checksum");
         assert!(res.complete.is_none());
     }
     let last = send_chunk(&mut liar, &slot, &y, slot.chunk_count - 1);
@@ -479,7 +514,7 @@ fn upload_requests_with_bad_arguments_are_refused() {
         "unknown challenge",
     );
     expect_code(
-        c.call_with_payload(&UploadChunk { upload_id: 0xDEAD_BEEF, index: 0, md5: md5_hex(b"x") }, b"x"),
+        c.call_with_payload(&UploadChunk { upload_id: 0xDEAD_BEEF, index: 0, crc32c: chunk_crc(b"x") }, b"x"),
         ErrorCode::UnknownUpload,
         "chunk of an unknown upload",
     );
