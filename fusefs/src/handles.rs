@@ -2,7 +2,7 @@
 //! its md5 is kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
 //! Architecture Invariant: staged data that failed to upload is kept on disk, never silently dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use netdisk_protocol::{Owner, Timespec};
+
+use crate::running_md5::RunningMd5;
 
 /// A file's content being written, in a local file.
 pub struct Staging {
@@ -21,11 +23,8 @@ pub struct Staging {
     pub dirty: bool,
     /// The inode lost its last name: never upload it again.
     pub unlinked: bool,
-    /// md5 of bytes `0..covered` while no write has gone back into hashed bytes.
-    hasher: Option<(Md5, u64)>,
-    /// Written ranges beyond `covered` (start -> end), hashed once the gap before them is filled:
-    /// the kernel's write-back may deliver pages slightly out of order.
-    ahead: BTreeMap<u64, u64>,
+    /// md5 of the content as it is written.
+    running_md5: RunningMd5,
     /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet).
     pub mode: u32,
     pub owner: Owner,
@@ -55,14 +54,14 @@ impl Staging {
         getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let path = dir.join(format!("{}.staged", hex::encode(random)));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let running_md5 = RunningMd5::new(file.try_clone()?);
         Ok(Staging {
             file,
             path,
             size: 0,
             dirty: false,
             unlinked: false,
-            hasher: Some((Md5::new(), 0)),
-            ahead: BTreeMap::new(),
+            running_md5,
             mode,
             owner,
             mtime: None,
@@ -77,43 +76,7 @@ impl Staging {
         self.size = self.size.max(offset + data.len() as u64);
         self.dirty = true;
         self.mtime = None;
-        self.advance_hash(offset, data)
-    }
-
-    /// Keeps the running md5 up to date: a write at the hashed end extends it (and absorbs ranges written ahead),
-    /// a write ahead of it waits, a write into hashed bytes gives up (the md5 is then computed at upload).
-    fn advance_hash(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let Some((hasher, covered)) = self.hasher.as_mut() else { return Ok(()) };
-        let end = offset + data.len() as u64;
-        if offset < *covered {
-            self.hasher = None;
-            self.ahead.clear();
-            return Ok(());
-        }
-        if offset > *covered {
-            if self.ahead.len() >= MAX_AHEAD {
-                self.hasher = None;
-                self.ahead.clear();
-                return Ok(());
-            }
-            let slot = self.ahead.entry(offset).or_insert(end);
-            *slot = (*slot).max(end);
-            return Ok(());
-        }
-        hasher.update(data);
-        *covered = end;
-        while let Some((&start, &stop)) = self.ahead.first_key_value() {
-            if start > *covered {
-                break;
-            }
-            self.ahead.pop_first();
-            if stop > *covered {
-                let mut buf = vec![0u8; (stop - *covered) as usize];
-                self.file.read_exact_at(&mut buf, *covered)?;
-                hasher.update(&buf);
-                *covered = stop;
-            }
-        }
+        self.running_md5.written(offset, data);
         Ok(())
     }
 
@@ -146,21 +109,16 @@ impl Staging {
 
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        if self.hasher.as_ref().is_some_and(|(_, covered)| *covered != size) || !self.ahead.is_empty() {
-            self.hasher = if size == 0 { Some((Md5::new(), 0)) } else { None };
-            self.ahead.clear();
-        }
+        self.running_md5.truncated(size);
         self.size = size;
         self.dirty = true;
         Ok(())
     }
 
     /// The md5 of the staged content: from the running hash when writes were sequential, else by reading it back.
-    pub fn md5(&self) -> io::Result<String> {
-        if let Some((h, covered)) = &self.hasher {
-            if *covered == self.size {
-                return Ok(hex::encode(h.clone().finalize()));
-            }
+    pub fn md5(&mut self) -> io::Result<String> {
+        if let Some(md5) = self.running_md5.digest(self.size) {
+            return Ok(md5);
         }
         let mut h = Md5::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -189,9 +147,6 @@ impl Staging {
         let _ = std::fs::remove_file(&self.path);
     }
 }
-
-/// Most write ranges held ahead of the hashed end before the running md5 gives up.
-const MAX_AHEAD: usize = 4096;
 
 pub type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
 
@@ -264,16 +219,16 @@ mod tests {
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b""));
         s.write(0, b"hello ").unwrap();
         s.write(6, b"world").unwrap();
-        assert!(s.hasher.is_some());
+        assert!(s.running_md5.digest(s.size).is_some());
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world"));
         // Out of order (as write-back may deliver): still hashed as it goes.
         s.write(16, b"!").unwrap();
         s.write(11, b"12345").unwrap();
-        assert!(s.hasher.is_some());
+        assert!(s.running_md5.digest(s.size).is_some());
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world12345!"));
         s.truncate(11).unwrap();
         s.write(0, b"J").unwrap();
-        assert!(s.hasher.is_none());
+        assert!(s.running_md5.digest(s.size).is_none());
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello world"));
         s.truncate(5).unwrap();
         assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello"));

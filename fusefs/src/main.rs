@@ -9,6 +9,7 @@ mod fuse;
 mod handles;
 mod inode;
 mod local;
+mod running_md5;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
