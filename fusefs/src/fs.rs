@@ -727,12 +727,34 @@ impl NetFs {
             owner: s.owner,
         };
         let _change = self.mutations.begin();
-        let mut uploaded = None;
+        let attr = if s.size > 0 && s.size <= MAX_INLINE_UPLOAD as u64 {
+            // A small file goes whole, in one round trip.
+            let bytes = s.range(0, s.size)?;
+            match self.remote.call_with_payload(&req, &bytes).await?.0 {
+                UploadFileRes::Instant { attr } => attr,
+                other => return Err(FsError::Connection(format!("a file sent whole was answered with {other:?}"))),
+            }
+        } else {
+            self.upload_by_md5(&req, s).await?
+        };
+        tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
+        s.dirty = false;
+        let mut t = self.inodes();
+        t.set_remote(ino, attr);
+        if let Some(node) = t.get_mut(ino) {
+            node.cached_md5 = None;
+        }
+        Ok(())
+    }
+
+    /// Names the content by md5 first: instant when the server holds it (after proving ownership when it is
+    /// another user's), else the chunks it lacks, several at once.
+    async fn upload_by_md5(&self, req: &UploadFile, s: &Staging) -> Result<Attr> {
         // Another connection (or mount) may finish the same content first: asking again then settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             // A challenge is answered on the connection that asked it.
             let mut session = self.remote.session().await?;
-            let mut answer = session.call(&req).await?;
+            let mut answer = session.call(req).await?;
             if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
                 let proofs = ranges
                     .iter()
@@ -748,16 +770,12 @@ impl NetFs {
             drop(session);
             match answer {
                 UploadFileRes::Instant { attr } => {
-                    tracing::debug!(%path, "instant upload");
-                    uploaded = Some(attr);
-                    break;
+                    tracing::debug!(path = %req.path, "instant upload");
+                    return Ok(attr);
                 }
                 UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
                     match self.send_chunks(s, upload_id, chunk_size, chunk_count).await {
-                        Ok(Some(attr)) => {
-                            uploaded = Some(attr);
-                            break;
-                        }
+                        Ok(Some(attr)) => return Ok(attr),
                         Ok(None) => {}
                         Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => {}
                         Err(e) => return Err(e),
@@ -768,15 +786,7 @@ impl NetFs {
                 }
             }
         }
-        let attr = uploaded.ok_or_else(|| FsError::Connection(format!("the upload of {path} did not complete")))?;
-        tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
-        s.dirty = false;
-        let mut t = self.inodes();
-        t.set_remote(ino, attr);
-        if let Some(node) = t.get_mut(ino) {
-            node.cached_md5 = None;
-        }
-        Ok(())
+        Err(FsError::Connection(format!("the upload of {} did not complete", req.path)))
     }
 
     /// Asks which chunks are missing (L3), then sends them over several connections at once.

@@ -162,6 +162,23 @@ impl<S: Read + Write> Client<S> {
 
     /// Uploads `data` to `path` the way a real client does: instant when the server holds the content,
     /// an ownership proof when it asks for one, otherwise only the chunks it lacks.
+    /// Uploads a small file (at most [`MAX_INLINE_UPLOAD`](crate::MAX_INLINE_UPLOAD) bytes) whole, in one round
+    /// trip: the bytes travel inside the `UploadFile`, whether or not the server holds them already.
+    pub fn upload_inline(&mut self, path: &str, data: &[u8], mode: u32) -> Result<Attr, ClientError> {
+        let req = UploadFile {
+            path: path.into(),
+            size: data.len() as u64,
+            md5: md5_hex(data),
+            mode,
+            mtime: None,
+            owner: Owner::default(),
+        };
+        match self.call_with_payload(&req, data)?.0 {
+            UploadFileRes::Instant { attr } => Ok(attr),
+            other => Err(ClientError::Protocol(format!("a file sent whole was answered with {other:?}"))),
+        }
+    }
+
     pub fn upload(&mut self, path: &str, data: &[u8], mode: u32) -> Result<UploadOutcome, ClientError> {
         let req = UploadFile {
             path: path.into(),

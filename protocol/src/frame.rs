@@ -2,7 +2,7 @@
 
 use crate::error::DecodeError;
 use crate::kind::Kind;
-use crate::{MAX_PAYLOAD, MAX_REQUEST_HEADER, MAX_RESPONSE_HEADER};
+use crate::{MAX_REQUEST_HEADER, MAX_RESPONSE_HEADER};
 
 pub const MAGIC: [u8; 4] = *b"NDSK";
 pub const VERSION: u8 = 1;
@@ -53,7 +53,7 @@ impl FrameHead {
         if header_len == 0 || header_len > max_header {
             return Err(DecodeError::HeaderLength { len: header_len, max: max_header });
         }
-        let max_payload = if kind.carries_payload() { MAX_PAYLOAD } else { 0 };
+        let max_payload = kind.max_payload();
         if payload_len > max_payload {
             return Err(DecodeError::PayloadLength { kind, len: payload_len, max: max_payload });
         }
@@ -92,6 +92,7 @@ pub fn encode_message<T: serde::Serialize>(kind: Kind, request_id: u64, message:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{MAX_INLINE_UPLOAD, MAX_PAYLOAD};
 
     fn head_bytes(kind: u8, header_len: u32, payload_len: u32) -> [u8; HEAD_LEN] {
         let mut b = [0u8; HEAD_LEN];
@@ -158,5 +159,8 @@ mod tests {
         assert!(FrameHead::decode(&head_bytes(Kind::UploadChunk as u8, 10, MAX_PAYLOAD)).is_ok());
         assert!(FrameHead::decode(&head_bytes(Kind::DownloadRes as u8, 10, MAX_PAYLOAD)).is_ok());
         assert!(FrameHead::decode(&head_bytes(Kind::GetDirRes as u8, MAX_RESPONSE_HEADER, 0)).is_ok());
+        assert!(FrameHead::decode(&head_bytes(Kind::UploadFile as u8, 10, MAX_INLINE_UPLOAD)).is_ok());
+        assert!(FrameHead::decode(&head_bytes(Kind::UploadFile as u8, 10, MAX_INLINE_UPLOAD + 1)).is_err());
+        assert!(FrameHead::decode(&head_bytes(Kind::Stat as u8, 10, 1)).is_err());
     }
 }

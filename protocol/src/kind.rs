@@ -106,9 +106,13 @@ impl Kind {
         Kind::from_u8(self as u8 | RESPONSE_BIT)
     }
 
-    /// Whether frames of this kind may carry a payload after the header.
-    pub fn carries_payload(self) -> bool {
-        matches!(self, Kind::UploadChunk | Kind::DownloadRes)
+    /// Largest payload a frame of this kind may carry after its header (0: none).
+    pub fn max_payload(self) -> u32 {
+        match self {
+            Kind::UploadChunk | Kind::DownloadRes => crate::MAX_PAYLOAD,
+            Kind::UploadFile => crate::MAX_INLINE_UPLOAD,
+            _ => 0,
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //!  +--------+-----+-----+---------+------------------+------------+------------+
 //!  | header: `header len` bytes of UTF-8 JSON (one struct of `message`)        |
 //!  +---------------------------------------------------------------------------+
-//!  | payload: `payload len` raw bytes (chunk data or downloaded bytes)         |
+//!  | payload: `payload len` raw bytes (chunk, small file or downloaded bytes)  |
 //!  +---------------------------------------------------------------------------+
 //! ```
 //!
@@ -26,7 +26,8 @@
 //! [`FrameHead::decode`] checks, before a single byte of JSON is looked at: the magic, the version,
 //! that the kind is known, that flags are zero, that the header length is within [`MAX_REQUEST_HEADER`]
 //! (requests) or [`MAX_RESPONSE_HEADER`] (responses), and that the payload length is zero for every kind
-//! that carries no payload and at most [`MAX_PAYLOAD`] for the two that do (`UploadChunk`, the `Download` reply).
+//! that carries no payload, at most [`MAX_PAYLOAD`] for `UploadChunk` and the `Download` reply, and at most
+//! [`MAX_INLINE_UPLOAD`] for `UploadFile` (a small file sent whole).
 //! A frame that fails any check means the peer is hostile or broken: the receiver closes the connection.
 //!
 //! # Limits
@@ -35,7 +36,7 @@
 //! |---|---|
 //! | request header | 64 KiB |
 //! | response header | 1 MiB |
-//! | payload | 16 MiB |
+//! | payload | 16 MiB (`UploadFile`: 64 KiB) |
 //! | path | 4096 bytes, components of at most 255 bytes |
 //! | chunk indexes in one `QueryChunk` | 4096 |
 //! | entries in one `GetDir` page | 512 |
@@ -59,6 +60,9 @@ pub const MAX_REQUEST_HEADER: u32 = 64 * 1024;
 pub const MAX_RESPONSE_HEADER: u32 = 1024 * 1024;
 /// Largest payload of any frame: one upload chunk or one download range.
 pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Largest file sent inline: as the payload of its `UploadFile`, stored at once, in one round trip. (Bigger
+/// files are named by md5 first, so that content the server holds never travels.)
+pub const MAX_INLINE_UPLOAD: u32 = 64 * 1024;
 /// Longest path, in bytes.
 pub const MAX_PATH: usize = 4096;
 /// Longest single name (path component), in bytes.

@@ -217,6 +217,8 @@ pub struct MknodRes {
 }
 
 /// Puts `size` bytes with this md5 at `path` (replacing a regular file's content, keeping its node).
+/// A file of at most [`MAX_INLINE_UPLOAD`](crate::MAX_INLINE_UPLOAD) bytes may come whole as the payload: the
+/// server checks it against the md5 and answers `Instant` (the bytes themselves prove ownership).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadFile {
     pub path: String,

@@ -674,16 +674,7 @@ impl Meta {
     /// physical file if no other upload uses it.
     pub fn drop_upload(&mut self, user: &User, path: &str) -> Result<Released> {
         let tx = self.write()?;
-        let old: Option<i64> = tx
-            .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(old) = old else {
-            return Ok(Vec::new());
-        };
-        tx.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
-        let released = release_if_orphan_upload(&tx, old)?;
+        let released = drop_upload_in(&tx, user, path)?;
         tx.commit()?;
         Ok(released)
     }
@@ -781,6 +772,28 @@ impl Meta {
 
     /// [`Meta::seal_pfile`] and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
     /// `None` when the physical file is gone (another connection sealed and folded it, or discarded it).
+    /// Seals a verified physical file (a small file sent whole) and places it at `path`, in one transaction.
+    /// `None` when the row is gone. When the placement fails, nothing changes: the caller discards the file.
+    pub fn seal_and_place(
+        &mut self,
+        user: &User,
+        path: &str,
+        pfile_id: i64,
+        hashes: (&str, &str),
+        size: u64,
+        new: NewFile,
+    ) -> Result<Option<(Attr, Released)>> {
+        let tx = self.write()?;
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, hashes.0, hashes.1)? else {
+            return Ok(None);
+        };
+        let (attr, replaced) = place_content(&tx, user, path, Content { pfile_id: Some(sealed), size }, new)?;
+        released.extend(replaced);
+        released.extend(drop_upload_in(&tx, user, path)?);
+        tx.commit()?;
+        Ok(Some((attr, released)))
+    }
+
     pub fn seal_and_finish(
         &mut self,
         user: &User,
@@ -1114,6 +1127,18 @@ fn drop_link(conn: &Connection, node: &Node, t: Timespec) -> Result<Released> {
         Some(pfile) => unref_pfile(conn, pfile),
         None => Ok(Vec::new()),
     }
+}
+
+/// Forgets the user's unfinished upload to `path`, if any (its content is being replaced).
+fn drop_upload_in(conn: &Connection, user: &User, path: &str) -> Result<Released> {
+    let old: Option<i64> = conn
+        .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
+        .optional()?;
+    let Some(old) = old else {
+        return Ok(Vec::new());
+    };
+    conn.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+    release_if_orphan_upload(conn, old)
 }
 
 fn unref_pfile(conn: &Connection, pfile: i64) -> Result<Released> {

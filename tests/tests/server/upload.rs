@@ -5,7 +5,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use netdisk_e2e::netdisk_protocol::{
-    chunk_crc, md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_PAYLOAD,
+    chunk_crc, md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_INLINE_UPLOAD,
+    MAX_PAYLOAD,
 };
 use netdisk_e2e::{begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, ServerOpts};
 
@@ -539,4 +540,68 @@ fn normal_durability_serves_the_same_protocol() {
         .expect("truncate");
     assert_eq!(c.read_file("/n").expect("download"), &data[..10]);
     assert_same_bytes(&c.read_file("/n2").expect("download"), &data, "the other copy keeps its content");
+}
+
+/// Files in the server's blob store (one per physical file kept).
+fn blob_files(server: &netdisk_e2e::Server) -> usize {
+    let root = server.data_dir().join("blobs");
+    let dirs = std::fs::read_dir(&root).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    dirs.iter().map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0)).sum()
+}
+
+/// A small file sent whole inside its `UploadFile`: stored in one round trip, deduplicated like any other,
+/// and refused without leaving anything behind when its bytes or its target are wrong.
+#[test]
+fn small_files_sent_whole() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let data = random_bytes(31, MAX_INLINE_UPLOAD as usize);
+    let mut a = alice(&server);
+    let attr = a.upload_inline("/whole", &data, 0o640).expect("inline upload");
+    assert_eq!((attr.size, attr.mode & 0o7777), (data.len() as u64, 0o640));
+    assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
+    assert_same_bytes(&alice(&server).read_file("/whole").expect("download"), &data, "inline upload");
+    assert_eq!(blob_files(&server), 1);
+
+    // The same content from another user (no challenge: the bytes are the proof) and at a second path of
+    // the same user: one physical file still.
+    let mut b = bob(&server);
+    b.upload_inline("/copy", &data, 0o644).expect("inline upload of held content");
+    a.upload_inline("/again", &data, 0o644).expect("inline upload of own content");
+    assert_same_bytes(&b.read_file("/copy").expect("download"), &data, "bob's copy");
+    assert_eq!(blob_files(&server), 1, "content held already is not kept twice");
+
+    // Replacing a file's content; the old content goes when nothing refers to it.
+    let other = random_bytes(32, 1000);
+    b.upload_inline("/copy", &other, 0o644).expect("replace");
+    assert_same_bytes(&b.read_file("/copy").expect("download"), &other, "replaced");
+    assert_eq!(blob_files(&server), 2);
+
+    // Bytes that are not the declared md5, a size that is not the payload's, a directory as the target:
+    // refused, nothing created, and the connection goes on.
+    let mut req = upload_request("/lie", &data);
+    req.md5 = md5_hex(b"something else");
+    expect_code(a.call_with_payload(&req, &data), ErrorCode::ChecksumMismatch, "bytes not matching their md5");
+    let mut req = upload_request("/short", &data);
+    req.size -= 1;
+    expect_code(a.call_with_payload(&req, &data), ErrorCode::Invalid, "size other than the payload's");
+    a.mkdir("/dir", 0o755).expect("mkdir");
+    expect_code(a.call_with_payload(&upload_request("/dir", &other), &other), ErrorCode::IsDir, "a directory");
+    expect_code(
+        a.call_with_payload(&upload_request("/missing/f", &other), &other),
+        ErrorCode::NotFound,
+        "a missing parent",
+    );
+    for path in ["/lie", "/short", "/missing"] {
+        expect_code(a.stat(path), ErrorCode::NotFound, path);
+    }
+    assert_eq!(blob_files(&server), 2, "refused uploads leave no physical file");
+    assert_same_bytes(&a.read_file("/whole").expect("still served"), &data, "after refusals");
+
+    // An unfinished chunked upload to the same path is replaced by the whole file.
+    let big = random_bytes(33, 3 * 65536);
+    let slot = begin_upload(&mut a, "/grows", &big);
+    send_chunk(&mut a, &slot, &big, 0).expect("first chunk");
+    a.upload_inline("/grows", &other, 0o644).expect("inline over an unfinished upload");
+    expect_code(send_chunk(&mut a, &slot, &big, 1), ErrorCode::UnknownUpload, "the replaced upload");
+    assert_same_bytes(&a.read_file("/grows").expect("download"), &other, "whole file wins");
 }
