@@ -14,7 +14,8 @@ use crate::error::{fail, Result};
 /// md5 of zero bytes: the content of every empty file.
 pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
+pub const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -103,15 +104,21 @@ fn kind_to_int(kind: NodeKind) -> i64 {
 }
 
 fn kind_from_int(v: i64) -> NodeKind {
-    match v {
+    kind_from_db(v).unwrap_or(NodeKind::BlockDevice)
+}
+
+/// The kind stored in `nodes.kind`; `None` for a value this schema never writes.
+pub fn kind_from_db(v: i64) -> Option<NodeKind> {
+    Some(match v {
         1 => NodeKind::File,
         2 => NodeKind::Dir,
         3 => NodeKind::Symlink,
         4 => NodeKind::Fifo,
         5 => NodeKind::Socket,
         6 => NodeKind::CharDevice,
-        _ => NodeKind::BlockDevice,
-    }
+        7 => NodeKind::BlockDevice,
+        _ => return None,
+    })
 }
 
 /// A logged-in user.
