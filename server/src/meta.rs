@@ -677,7 +677,7 @@ impl Meta {
             return Ok(Vec::new());
         };
         tx.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
-        let released = release_if_orphan_upload(&tx, old)?;
+        let released = release_if_unused(&tx, old)?;
         tx.commit()?;
         Ok(released)
     }
@@ -796,8 +796,7 @@ impl Meta {
     fn drop_unplaced_upload(&mut self, upload: &Upload, pfile_id: i64) -> Result<Released> {
         let tx = self.write()?;
         tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-        let mut released = release_if_unreferenced(&tx, pfile_id)?;
-        released.extend(release_if_orphan_upload(&tx, pfile_id)?);
+        let released = release_if_unused(&tx, pfile_id)?;
         tx.commit()?;
         Ok(released)
     }
@@ -900,7 +899,7 @@ fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new:
     let id = conn.last_insert_rowid();
     let mut released = Vec::new();
     if let Some(old) = old.filter(|old| *old != pfile_id) {
-        released = release_if_orphan_upload(conn, old)?;
+        released = release_if_unused(conn, old)?;
     }
     Ok((id, released))
 }
@@ -1095,6 +1094,15 @@ fn release_if_unreferenced(conn: &Connection, pfile: i64) -> Result<Released> {
         [pfile],
     )?;
     Ok(if n > 0 { vec![pfile] } else { Vec::new() })
+}
+
+/// Deletes the physical file an upload was bound to, once that upload is gone, if nothing else uses it: complete
+/// and unreferenced, or unfinished with no other upload. (An upload stays bound to content that another upload
+/// completed; when that upload goes, the complete content may have no other holder.)
+fn release_if_unused(conn: &Connection, pfile: i64) -> Result<Released> {
+    let mut released = release_if_unreferenced(conn, pfile)?;
+    released.extend(release_if_orphan_upload(conn, pfile)?);
+    Ok(released)
 }
 
 /// Deletes an unfinished physical file that no upload is bound to any more.
