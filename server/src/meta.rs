@@ -737,17 +737,30 @@ impl Meta {
         Ok(())
     }
 
-    /// Seals a verified physical file: marks it complete, or, when the same content (md5, sha256, size)
-    /// is complete already, returns that one and releases this duplicate. `None` when the row is gone
-    /// (another connection sealed and folded it, or discarded it, meanwhile).
-    pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
+    /// Sealing (`seal_in`) and [`Meta::set_content`] in one transaction: content built on the server (a resized
+    /// copy) is sealed and placed at `path` at once, so it is never complete without a holder (a crash in between
+    /// leaked it, and another connection could release it before it was placed). `None` when the physical file is gone.
+    pub fn seal_and_set_content(
+        &mut self,
+        user: &User,
+        path: &str,
+        pfile_id: i64,
+        md5: &str,
+        sha256: &str,
+        new: NewFile,
+    ) -> Result<Option<(Attr, Released)>> {
         let tx = self.write()?;
-        let sealed = seal_in(&tx, pfile_id, md5, sha256)?;
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
+            return Ok(None);
+        };
+        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
+        let (attr, more) = place_content(&tx, user, path, Content { pfile_id: Some(sealed), size: size as u64 }, new)?;
+        released.extend(more);
         tx.commit()?;
-        Ok(sealed)
+        Ok(Some((attr, released)))
     }
 
-    /// [`Meta::seal_pfile`] and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
+    /// Sealing (`seal_in`) and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
     /// `None` when the physical file is gone (another connection sealed and folded it, or discarded it).
     pub fn seal_and_finish(
         &mut self,
