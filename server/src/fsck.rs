@@ -698,11 +698,18 @@ impl<'a> Fsck<'a> {
                         }
                         Some(_) => {}
                     }
+                    // A resize (truncate) builds its new content in a physical file with no md5 and no upload.
+                    let resize = p.md5.is_empty();
+                    if !resize && !is_md5_hex(&p.md5) {
+                        self.problem(format!("{label}: its md5 {:?} is not an md5", p.md5));
+                    }
                     if uploads == 0 {
-                        self.found.transient(
-                            Recheck::Unreferenced(p.id),
-                            format!("{label}: incomplete, but no upload is bound to it (orphan)"),
-                        );
+                        let what = if resize {
+                            "an unfinished resize (left by an interrupted truncate, unless one is running)"
+                        } else {
+                            "incomplete, but no upload is bound to it (orphan)"
+                        };
+                        self.found.transient(Recheck::Unreferenced(p.id), format!("{label}: {what}"));
                     }
                     if chunks_ok && p.size > 0 {
                         self.check_incomplete_blob(&label, p);

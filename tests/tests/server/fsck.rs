@@ -174,6 +174,52 @@ fn a_store_built_through_the_protocol_is_clean() {
 }
 
 #[test]
+fn fsck_while_clients_change_the_store() {
+    // fsck reads one snapshot of the database and only reads blobs: run again and again while two users upload,
+    // share, rename, replace and delete, it finds nothing wrong, and the clients see no error caused by it.
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(CHUNK));
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut a = alice(&server);
+            let mut b = bob(&server);
+            for i in 0..30u64 {
+                let data = random_bytes(1000 + i, 50_000 + i as usize * 3000);
+                a.upload(&format!("/w{i}"), &data, 0o644).expect("upload");
+                a.rename(&format!("/w{i}"), &format!("/r{i}"), false).expect("rename");
+                assert!(b.upload(&format!("/copy{i}"), &data, 0o644).expect("bob's copy").instant);
+                if i >= 1 {
+                    a.upload(&format!("/r{}", i - 1), &random_bytes(2000 + i, 20_000), 0o644).expect("replace");
+                    b.delete_file(&format!("/copy{}", i - 1)).expect("delete");
+                }
+                if i >= 2 {
+                    a.delete_file(&format!("/r{}", i - 2)).expect("delete");
+                }
+                // An upload left unfinished, then resumed and finished on the next round.
+                let partial = random_bytes(3000 + i, 3 * CHUNK as usize);
+                let slot = begin_upload(&mut b, &format!("/p{i}"), &partial);
+                send_chunk(&mut b, &slot, &partial, 1).expect("chunk");
+                if i >= 1 {
+                    let prev = random_bytes(3000 + i - 1, 3 * CHUNK as usize);
+                    b.upload(&format!("/p{}", i - 1), &prev, 0o644).expect("resume");
+                }
+            }
+        });
+        let mut runs = 0;
+        loop {
+            // Checked before the run, so that one run at least starts after the clients' last change.
+            let finished = worker.is_finished();
+            let run = server.fsck();
+            assert!(run.clean(), "fsck while clients work (run {runs}):\n{}", run.output());
+            runs += 1;
+            if finished {
+                break;
+            }
+        }
+        worker.join().expect("the clients' thread");
+    });
+}
+
+#[test]
 fn a_flipped_byte_in_a_blob() {
     let store = stopped();
     let id = store.pfile_of(&store.a);
