@@ -144,7 +144,11 @@ fn open_read_only(db: &Path) -> Result<Connection> {
         PathBuf::from(p).exists()
     };
     if side("-wal") || side("-shm") {
-        return Err(e.into());
+        return Err(Error::Io(io::Error::other(format!(
+            "cannot read {} read-only: {e} (a reader of a WAL database needs its -shm file: run fsck as a user \
+             who may write the data directory)",
+            db.display()
+        ))));
     }
     let uri = format!("file:{}?immutable=1", uri_path(db));
     let conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
@@ -351,7 +355,7 @@ struct Fsck<'a> {
     /// Physical file -> nodes referring to it.
     node_refs: HashMap<i64, i64>,
     /// Physical file -> uploads bound to it.
-    upload_refs: HashMap<i64, Vec<&'a UploadRow>>,
+    upload_refs: HashMap<i64, usize>,
 }
 
 fn kind_name(kind: i64) -> &'static str {
@@ -389,9 +393,9 @@ impl<'a> Fsck<'a> {
                 *node_refs.entry(p).or_default() += 1;
             }
         }
-        let mut upload_refs: HashMap<i64, Vec<&UploadRow>> = HashMap::new();
+        let mut upload_refs: HashMap<i64, usize> = HashMap::new();
         for u in &snap.uploads {
-            upload_refs.entry(u.pfile_id).or_default().push(u);
+            *upload_refs.entry(u.pfile_id).or_default() += 1;
         }
         Fsck {
             snap,
@@ -658,7 +662,7 @@ impl<'a> Fsck<'a> {
         for p in snap.pfiles.values() {
             let label = self.blob_label(p.id);
             let nodes = self.node_refs.get(&p.id).copied().unwrap_or(0);
-            let uploads = self.upload_refs.get(&p.id).map_or(0, |u| u.len());
+            let uploads = self.upload_refs.get(&p.id).copied().unwrap_or(0);
             if p.refs != nodes {
                 self.problem(format!("{label}: refs {}, but {} refer to it", p.refs, count(nodes, "node", "nodes")));
             }
