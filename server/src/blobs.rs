@@ -202,6 +202,18 @@ pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
     Ok(running.finish())
 }
 
+/// False when the `len` bytes at `offset` are all a hole of the sparse blob: no byte of them was ever written.
+/// (A file system that does not track holes reports every byte as data.)
+pub fn has_data(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    let start = i64::try_from(offset).map_err(|_| io::Error::other("offset out of range"))?;
+    match nix::unistd::lseek(file, start, nix::unistd::Whence::SeekData) {
+        Ok(data) => Ok((data as u64) < offset.saturating_add(len)),
+        // No data at or after `offset`.
+        Err(nix::errno::Errno::ENXIO) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads until `buf` is full or the file ends; returns the bytes read.
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
@@ -292,5 +304,17 @@ mod tests {
         assert_eq!((whole.md5, whole.sha256), (direct.md5, direct.sha256));
         assert!(RunningHash::restore(&state[1..]).is_none());
         assert!(scan(&f, data.len() as u64 - 10, 11, None).is_err());
+    }
+
+    #[test]
+    fn holes_are_told_from_written_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path(), Durability::Normal);
+        let f = blobs.open_for_upload(7, 3 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        assert!(has_data(&f, 1 << 20, 1 << 20).unwrap());
+        assert!(has_data(&f, 0, 2 << 20).unwrap());
+        assert!(!has_data(&f, 2 << 20, 1 << 20).unwrap(), "the unwritten tail is a hole");
+        assert!(!has_data(&f, 3 << 20, 4096).unwrap(), "past the end");
     }
 }

@@ -653,35 +653,36 @@ impl Session {
             return Ok(());
         }
         let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
-        let content = if size == 0 {
-            Content { pfile_id: None, size: 0 }
-        } else {
-            let pfile = self.meta.new_pfile(user, "", size, self.chunk_size)?;
-            let built = (|| -> Result<i64> {
-                let dest = self.blobs.open_for_upload(pfile.id, size)?;
-                let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
-                blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
-                self.blobs.sync_all(&dest)?;
-                let hashes = blobs::hash_file(&dest, size)?;
-                let (sealed, released) = self
-                    .meta
-                    .seal_pfile(pfile.id, &hashes.md5, &hashes.sha256)?
-                    .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
+        if size == 0 {
+            let (_, released) = self.meta.set_content(user, path, Content { pfile_id: None, size: 0 }, keep)?;
+            self.blobs.remove_all(&released);
+            return Ok(());
+        }
+        let pfile = self.meta.new_pfile(user, "", size, self.chunk_size)?;
+        let placed = (|| -> Result<Vec<i64>> {
+            let dest = self.blobs.open_for_upload(pfile.id, size)?;
+            let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
+            blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
+            self.blobs.sync_all(&dest)?;
+            let hashes = blobs::hash_file(&dest, size)?;
+            // Sealed and placed in one transaction: never complete without a holder.
+            let (_, released) = self
+                .meta
+                .seal_and_set_content(user, path, pfile.id, &hashes.md5, &hashes.sha256, keep)?
+                .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
+            Ok(released)
+        })();
+        match placed {
+            Ok(released) => {
                 self.blobs.remove_all(&released);
-                Ok(sealed)
-            })();
-            match built {
-                Ok(sealed) => Content { pfile_id: Some(sealed), size },
-                Err(e) => {
-                    self.meta.discard_pfile(pfile.id)?;
-                    self.blobs.remove(pfile.id);
-                    return Err(e);
-                }
+                Ok(())
             }
-        };
-        let (_, released) = self.meta.set_content(user, path, content, keep)?;
-        self.blobs.remove_all(&released);
-        Ok(())
+            Err(e) => {
+                self.meta.discard_pfile(pfile.id)?;
+                self.blobs.remove(pfile.id);
+                Err(e)
+            }
+        }
     }
 
     fn statfs(&self, user: &User) -> Result<StatFsRes> {

@@ -14,7 +14,8 @@ use crate::error::{fail, Result};
 /// md5 of zero bytes: the content of every empty file.
 pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-const SCHEMA_VERSION: i64 = 2;
+/// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -110,15 +111,21 @@ fn kind_to_int(kind: NodeKind) -> i64 {
 }
 
 fn kind_from_int(v: i64) -> NodeKind {
-    match v {
+    kind_from_db(v).unwrap_or(NodeKind::BlockDevice)
+}
+
+/// The kind stored in `nodes.kind`; `None` for a value this schema never writes.
+pub fn kind_from_db(v: i64) -> Option<NodeKind> {
+    Some(match v {
         1 => NodeKind::File,
         2 => NodeKind::Dir,
         3 => NodeKind::Symlink,
         4 => NodeKind::Fifo,
         5 => NodeKind::Socket,
         6 => NodeKind::CharDevice,
-        _ => NodeKind::BlockDevice,
-    }
+        7 => NodeKind::BlockDevice,
+        _ => return None,
+    })
 }
 
 /// A logged-in user.
@@ -760,17 +767,30 @@ impl Meta {
         Ok(())
     }
 
-    /// Seals a verified physical file: marks it complete, or, when the same content (md5, sha256, size)
-    /// is complete already, returns that one and releases this duplicate. `None` when the row is gone
-    /// (another connection sealed and folded it, or discarded it, meanwhile).
-    pub fn seal_pfile(&mut self, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
+    /// Sealing (`seal_in`) and [`Meta::set_content`] in one transaction: content built on the server (a resized
+    /// copy) is sealed and placed at `path` at once, so it is never complete without a holder (a crash in between
+    /// leaked it, and another connection could release it before it was placed). `None` when the physical file is gone.
+    pub fn seal_and_set_content(
+        &mut self,
+        user: &User,
+        path: &str,
+        pfile_id: i64,
+        md5: &str,
+        sha256: &str,
+        new: NewFile,
+    ) -> Result<Option<(Attr, Released)>> {
         let tx = self.write()?;
-        let sealed = seal_in(&tx, pfile_id, md5, sha256)?;
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
+            return Ok(None);
+        };
+        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
+        let (attr, more) = place_content(&tx, user, path, Content { pfile_id: Some(sealed), size: size as u64 }, new)?;
+        released.extend(more);
         tx.commit()?;
-        Ok(sealed)
+        Ok(Some((attr, released)))
     }
 
-    /// [`Meta::seal_pfile`] and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
+    /// Sealing (`seal_in`) and [`Meta::finish_upload`] in one transaction (one commit to wait for, not two).
     /// `None` when the physical file is gone (another connection sealed and folded it, or discarded it).
     /// Seals a verified physical file (a small file sent whole) and places it at `path`, in one transaction.
     /// `None` when the row is gone. When the placement fails, nothing changes: the caller discards the file.
@@ -841,8 +861,7 @@ impl Meta {
     fn drop_unplaced_upload(&mut self, upload: &Upload, pfile_id: i64) -> Result<Released> {
         let tx = self.write()?;
         tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
-        let mut released = release_if_unreferenced(&tx, pfile_id)?;
-        released.extend(release_if_orphan_upload(&tx, pfile_id)?);
+        let released = release_if_unused(&tx, pfile_id)?;
         tx.commit()?;
         Ok(released)
     }
@@ -945,7 +964,7 @@ fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new:
     let id = conn.last_insert_rowid();
     let mut released = Vec::new();
     if let Some(old) = old.filter(|old| *old != pfile_id) {
-        released = release_if_orphan_upload(conn, old)?;
+        released = release_if_unused(conn, old)?;
     }
     Ok((id, released))
 }
@@ -1138,7 +1157,7 @@ fn drop_upload_in(conn: &Connection, user: &User, path: &str) -> Result<Released
         return Ok(Vec::new());
     };
     conn.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
-    release_if_orphan_upload(conn, old)
+    release_if_unused(conn, old)
 }
 
 fn unref_pfile(conn: &Connection, pfile: i64) -> Result<Released> {
@@ -1155,6 +1174,15 @@ fn release_if_unreferenced(conn: &Connection, pfile: i64) -> Result<Released> {
         [pfile],
     )?;
     Ok(if n > 0 { vec![pfile] } else { Vec::new() })
+}
+
+/// Deletes the physical file an upload was bound to, once that upload is gone, if nothing else uses it: complete
+/// and unreferenced, or unfinished with no other upload. (An upload stays bound to content that another upload
+/// completed; when that upload goes, the complete content may have no other holder.)
+fn release_if_unused(conn: &Connection, pfile: i64) -> Result<Released> {
+    let mut released = release_if_unreferenced(conn, pfile)?;
+    released.extend(release_if_orphan_upload(conn, pfile)?);
+    Ok(released)
 }
 
 /// Deletes an unfinished physical file that no upload is bound to any more.

@@ -366,6 +366,18 @@ impl Server {
         }
     }
 
+    /// `netdisk-server fsck` on this server's data directory (it may be running).
+    pub fn fsck(&self) -> FsckRun {
+        fsck(&self.data)
+    }
+
+    /// Panics, with fsck's report and the server's log, unless fsck finds the data directory clean.
+    #[track_caller]
+    pub fn assert_fsck_clean(&self) {
+        let run = self.fsck();
+        assert!(run.clean(), "fsck found problems in {}:\n{}\n{}", self.data.display(), run.output(), self.log_tail());
+    }
+
     /// The server's log (its stderr) so far.
     pub fn log(&self) -> String {
         std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
@@ -416,6 +428,82 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// How long `netdisk-server fsck` may take on a test's data directory.
+pub const FSCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `netdisk-server fsck --data DIR` said.
+#[derive(Debug)]
+pub struct FsckRun {
+    /// The exit code: 0 no problems, 1 problems found, 2 could not check.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl FsckRun {
+    /// Exit status 0 and the `no problems` summary.
+    pub fn clean(&self) -> bool {
+        self.code == Some(0) && self.summary().ends_with(", no problems")
+    }
+
+    /// The last line of stdout: `fsck: N users, N nodes, N physical files (X bytes) checked, ...`.
+    pub fn summary(&self) -> &str {
+        self.stdout.lines().last().unwrap_or("")
+    }
+
+    /// The lines before the summary: one per problem.
+    pub fn problems(&self) -> Vec<&str> {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        lines[..lines.len().saturating_sub(1)].to_vec()
+    }
+
+    /// Everything it printed, for failure messages.
+    pub fn output(&self) -> String {
+        format!("exit code {:?}\n--- stdout ---\n{}--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `netdisk-server fsck --data DIR` (read-only: a server may be running on DIR) and waits at most
+/// [`FSCK_TIMEOUT`]. Crash and fault tests call it at their end; see also [`Server::assert_fsck_clean`].
+pub fn fsck(data_dir: &Path) -> FsckRun {
+    let mut child = Command::new(server_bin())
+        .arg("fsck")
+        .arg("--data")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netdisk-server fsck");
+    // Drained on threads, so that a long report cannot fill a pipe while the wait below polls.
+    let out = read_on_thread(child.stdout.take().expect("stdout is piped"));
+    let err = read_on_thread(child.stderr.take().expect("stderr is piped"));
+    let mut status = None;
+    let exited = wait_until(FSCK_TIMEOUT, || {
+        status = child.try_wait().expect("wait for netdisk-server fsck");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("netdisk-server fsck --data {} did not finish within {FSCK_TIMEOUT:?}", data_dir.display());
+    }
+    FsckRun {
+        code: status.and_then(|s| s.code()),
+        stdout: out.join().expect("the stdout reader"),
+        stderr: err.join().expect("the stderr reader"),
+    }
+}
+
+/// Reads `r` to its end on a new thread.
+fn read_on_thread<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = r.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 /// Deterministic pseudo-random numbers (xorshift64*), seeded per test: no `rand` crate needed.

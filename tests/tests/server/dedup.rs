@@ -111,6 +111,7 @@ fn cross_user_instant_upload_needs_a_proof() {
     a.delete_file("/x2").expect("delete");
     assert_same_bytes(&b.read_file("/x2").expect("download"), &x2, "bob's x2 after alice deleted hers");
     assert_same_bytes(&c.read_file("/mine").expect("download"), &x1, "carol's x1 after alice deleted hers");
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -140,4 +141,5 @@ fn small_files_are_challenged_too() {
     let out = b.upload("/s", &small, 0o644).expect("bob uploads with a proof");
     assert!(out.instant);
     assert_eq!(b.read_file("/s").expect("download"), small);
+    server.assert_fsck_clean();
 }

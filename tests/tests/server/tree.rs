@@ -58,6 +58,7 @@ fn rename_moves_whole_subtrees() {
     // Onto itself (POSIX: success, nothing happens); whatever the answer, the file must survive.
     let _ = c.rename("/f2-at-root", "/f2-at-root", false);
     assert_same_bytes(&c.read_file("/f2-at-root").expect("download"), &f2, "renamed onto itself");
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -115,6 +116,7 @@ fn rename_replace_rules() {
     assert_eq!(c.names("/").expect("list"), vec!["q"]);
     assert!(c.rmdir("/").is_err(), "rmdir of the root must fail");
     assert_eq!(c.stat("/").expect("the root survives").kind, NodeKind::Dir);
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -205,6 +207,7 @@ fn hard_links_symlinks_and_special_files() {
     c.delete_file("/fifo").expect("unlink a fifo");
     expect_code(c.stat("/fifo"), ErrorCode::NotFound, "deleted fifo");
     assert_eq!(c.names("/").expect("list"), vec!["dir", "disk", "h2", "null", "s1", "s3", "sock"]);
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -285,6 +288,7 @@ fn setattr_changes_mode_owner_times_and_size() {
         ErrorCode::NotFound,
         "setattr of a missing path",
     );
+    server.assert_fsck_clean();
 }
 
 #[test]

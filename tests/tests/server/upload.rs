@@ -125,6 +125,7 @@ fn upload_to_an_existing_path_replaces_the_content() {
     assert_eq!(a3.ino, a1.ino);
     assert_eq!(a3.size, 0);
     assert!(c.read_file("/f-link").expect("download").is_empty());
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -174,6 +175,7 @@ fn interrupted_upload_resumes_with_only_the_missing_chunks() {
     // Once complete, the same content is instant for this user.
     let again = c2.upload("/resume-copy.bin", &data, 0o644).expect("upload of held content");
     assert!(again.instant);
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -256,6 +258,7 @@ fn chunk_not_matching_its_md5_is_refused_and_still_needed() {
     assert_eq!(sent, 4);
     assert!(done.is_some());
     assert_same_bytes(&c.read_file("/checked").expect("download"), &data, "after refused chunks");
+    server.assert_fsck_clean();
 }
 
 /// The server hashes a file as its chunks land, in file order, whichever connection brings them: chunks that
@@ -349,6 +352,7 @@ fn lying_client_cannot_poison_content() {
     let out = b.upload("/claimed", &x, 0o644).expect("bob's upload");
     assert_same_bytes(&b.read_file("/claimed").expect("download"), &x, "bob's content");
     assert_eq!(out.attr.md5.as_deref(), Some(md5_hex(&x).as_str()));
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -385,6 +389,7 @@ fn sixteen_clients_upload_at_once() {
     }
     // All connection processes end when their clients are gone (only `c` is left).
     assert!(server.wait_for_children(1, Duration::from_secs(10)), "children: {:?}", server.children());
+    server.assert_fsck_clean();
 }
 
 /// A client stream that runs a hook just before the first `UploadChunk` frame goes out: it lets a test put another
@@ -461,6 +466,7 @@ fn same_content_finished_by_another_connection_during_an_upload() {
     let mut b = alice(&server);
     assert!(b.upload("/b", &data, 0o644).expect("B: upload again").instant);
     assert_same_bytes(&b.read_file("/b").expect("download /b"), &data, "/b");
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -490,6 +496,7 @@ fn one_user_uploads_the_same_content_on_several_connections_at_once() {
         let attr = c.stat(&format!("/same-{i}")).expect("stat");
         assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
     }
+    server.assert_fsck_clean();
 }
 
 #[test]
@@ -604,4 +611,39 @@ fn small_files_sent_whole() {
     a.upload_inline("/grows", &other, 0o644).expect("inline over an unfinished upload");
     expect_code(send_chunk(&mut a, &slot, &big, 1), ErrorCode::UnknownUpload, "the replaced upload");
     assert_same_bytes(&a.read_file("/grows").expect("download"), &other, "whole file wins");
+    server.assert_fsck_clean();
+}
+
+#[test]
+fn replacing_an_upload_whose_content_completed_elsewhere_releases_it() {
+    // alice's second connection resumes her first connection's upload at another path; the first finishes it (/a),
+    // which leaves the second's upload (/b) bound to now complete content. /a is deleted: only that upload keeps the
+    // content. When /b's upload is then replaced (new content at /b) or forgotten (content alice holds placed at
+    // /b), nothing refers to the content any more: it must be released, not leaked (fsck checks).
+    let server = server_with_alice(ServerOpts::default().chunk_size(65536));
+    let held = random_bytes(21, 7000);
+    alice(&server).upload("/held", &held, 0o644).expect("upload");
+    for round in 0..2u64 {
+        let data = random_bytes(13 + round, 3 * 65536 + 1);
+        let (a, b) = (format!("/a{round}"), format!("/b{round}"));
+        let mut c1 = alice(&server);
+        let slot = begin_upload(&mut c1, &a, &data);
+        send_chunk(&mut c1, &slot, &data, 0).expect("chunk 0");
+        let mut c2 = alice(&server);
+        match c2.call(&upload_request(&b, &data)).expect("UploadFile on the second connection") {
+            UploadFileRes::Upload { upload_id, .. } => assert_ne!(upload_id, slot.upload_id),
+            other => panic!("a stored chunk makes the second connection resume, got {other:?}"),
+        }
+        let (done, _) = c1.send_missing_chunks(slot.upload_id, slot.chunk_size, slot.chunk_count, &data).expect("send");
+        assert!(done.is_some(), "the first connection completes {a}");
+        c1.delete_file(&a).expect("delete");
+        if round == 0 {
+            // New content at /b: a new upload replaces the stale one.
+            c2.upload(&b, &random_bytes(20, 5000), 0o644).expect("new content at /b");
+        } else {
+            // Content alice holds at /b: instant, and the stale upload is forgotten.
+            assert!(c2.upload(&b, &held, 0o644).expect("held content at /b").instant);
+        }
+        server.assert_fsck_clean();
+    }
 }
