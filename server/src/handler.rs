@@ -27,15 +27,6 @@ const MAX_OPEN_CHALLENGES: usize = 64;
 /// Wrong passwords a connection may try before it is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
 
-/// What `advance_hash` does when another connection moved the running hash on meanwhile.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Overtaken {
-    /// Leave the rest to that connection.
-    Stop,
-    /// Go on from where it got (the file must be hashed to the end now).
-    GoOn,
-}
-
 /// Whether the connection goes on after a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -497,8 +488,8 @@ impl Session {
             return Ok(UploadChunkRes { index: r.index, complete: Some(attr) });
         }
         self.blobs.sync_data(file)?;
-        let hashed_here = running.is_some();
-        let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index, running.map(|h| h.save()))? else {
+        let me = std::process::id();
+        let Some(pfile) = self.meta.mark_chunk(pfile.id, r.index, running.map(|h| h.save()), me)? else {
             // Another connection finished this content meanwhile; `UploadFile` again settles it.
             return Ok(UploadChunkRes { index: r.index, complete: None });
         };
@@ -506,11 +497,10 @@ impl Session {
             return Ok(UploadChunkRes { index: r.index, complete: None });
         }
         if pfile.chunks_uploaded < pfile.total_chunks {
-            // The running hash is this connection's to move on when it has just covered this chunk, or was
-            // waiting for it: then the chunks that came ahead of this one are hashed now. (One database write
-            // decides it, so one connection at a time hashes a file: no byte is hashed twice.)
-            if pfile.hashed_chunks == r.index + 1 && hashed_here || pfile.hashed_chunks == r.index {
-                self.advance_hash(pfile, file, Overtaken::Stop)?;
+            // When this process is the one to move the running hash on, the chunks that came ahead of this
+            // one are hashed now.
+            if pfile.hash_owner == Some(me) {
+                self.advance_hash(pfile, file)?;
             }
             return Ok(UploadChunkRes { index: r.index, complete: None });
         }
@@ -519,9 +509,10 @@ impl Session {
     }
 
     /// Extends a physical file's running hash over the chunks stored right after what it covers, reading them
-    /// back from disk. When another connection moves it on meanwhile, `overtaken` says whether to stop there
-    /// or go on from where that one got. Returns the physical file as it is then (`None` if it is gone).
-    fn advance_hash(&mut self, mut pfile: PFile, file: &File, overtaken: Overtaken) -> Result<Option<PFile>> {
+    /// back from disk, for as long as this process is the one to move it on. Returns the physical file as it
+    /// is then (`None` if it is gone).
+    fn advance_hash(&mut self, mut pfile: PFile, file: &File) -> Result<Option<PFile>> {
+        let me = std::process::id();
         while !pfile.complete && pfile.hashed_chunks < pfile.total_chunks && pfile.has_chunk(pfile.hashed_chunks) {
             let Some(mut running) = restore_hash(&pfile) else { break };
             let from = pfile.hashed_chunks;
@@ -532,11 +523,11 @@ impl Session {
                 blobs::scan(file, offset, pfile.chunk_len(to), Some(&mut running))?;
                 to += 1;
             }
-            match self.meta.advance_hash(pfile.id, from, to, running.save())? {
+            match self.meta.advance_hash(pfile.id, from, to, running.save(), me)? {
                 None => return Ok(None),
                 Some((p, moved)) => {
                     pfile = p;
-                    if !moved && overtaken == Overtaken::Stop {
+                    if !moved {
                         break;
                     }
                 }
@@ -555,7 +546,11 @@ impl Session {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.settle(user, upload),
             Err(e) => return Err(e.into()),
         };
-        let hashed = self.advance_hash(pfile.clone(), &file, Overtaken::GoOn)?;
+        // Whichever process was moving the running hash on stops at its next save; this one ends it.
+        let hashed = match self.meta.take_hash(pfile.id, std::process::id())? {
+            Some(taken) => self.advance_hash(taken, &file)?,
+            None => None,
+        };
         let hashes = match hashed.filter(|p| p.hashed_chunks == p.total_chunks).as_ref().and_then(restore_hash) {
             Some(running) => running.finish(),
             None => blobs::hash_file(&file, pfile.size)?,

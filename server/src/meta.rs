@@ -87,10 +87,12 @@ CREATE INDEX uploads_pfile ON uploads(pfile_id);
 ";
 
 /// Version 2: an unfinished physical file keeps the md5 and SHA-256 state of its first `hashed_chunks` chunks
-/// (`blobs::RunningHash`), so that sealing it needs no second pass over its bytes.
+/// (`blobs::RunningHash`), so that sealing it needs no second pass over its bytes; `hash_owner` is the
+/// connection process allowed to move it on (one at a time, so no byte is hashed twice).
 const SCHEMA_V2: &str = "
 ALTER TABLE pfiles ADD COLUMN hashed_chunks INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE pfiles ADD COLUMN hash_state BLOB;
+ALTER TABLE pfiles ADD COLUMN hash_owner INTEGER;
 ";
 
 pub fn now() -> Timespec {
@@ -150,6 +152,8 @@ pub struct PFile {
     /// Chunks `0..hashed_chunks` are covered by `hash_state` (a saved `blobs::RunningHash`).
     pub hashed_chunks: u32,
     pub hash_state: Option<Vec<u8>>,
+    /// The process (pid) that may move the running hash on.
+    pub hash_owner: Option<u32>,
 }
 
 impl PFile {
@@ -712,7 +716,10 @@ impl Meta {
 
     /// Marks a chunk as stored (its data is synced). Returns the updated physical file, or `None` when it is gone
     /// (folded into an identical complete file, or discarded, by another connection meanwhile).
-    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32, hashed: Option<Vec<u8>>) -> Result<Option<PFile>> {
+    /// Records chunk `index` as stored. `hashed` is the running hash extended over it, when it was the next
+    /// chunk to hash. This process (`me`) becomes the one to move the running hash on when it extended it, or
+    /// when the hash was waiting for this chunk. (One transaction decides, so exactly one process does.)
+    pub fn mark_chunk(&mut self, pfile_id: i64, index: u32, hashed: Option<Vec<u8>>, me: u32) -> Result<Option<PFile>> {
         let tx = self.write()?;
         let found = tx
             .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
@@ -728,28 +735,49 @@ impl Meta {
                 params![pfile.chunk_map, pfile.chunks_uploaded, pfile_id],
             )?;
         }
-        if let Some(state) = hashed {
-            if !pfile.complete && pfile.hashed_chunks == index {
-                tx.execute(
-                    "UPDATE pfiles SET hashed_chunks = ?, hash_state = ? WHERE id = ?",
-                    params![index + 1, state, pfile_id],
-                )?;
+        if !pfile.complete && pfile.hashed_chunks == index {
+            if let Some(state) = hashed {
                 pfile.hashed_chunks = index + 1;
                 pfile.hash_state = Some(state);
             }
+            pfile.hash_owner = Some(me);
+            tx.execute(
+                "UPDATE pfiles SET hashed_chunks = ?, hash_state = ?, hash_owner = ? WHERE id = ?",
+                params![pfile.hashed_chunks, pfile.hash_state, me, pfile_id],
+            )?;
         }
         tx.commit()?;
         Ok(Some(pfile))
     }
 
-    /// Records that the running hash of an unfinished physical file now covers `to` chunks, unless another
-    /// connection moved it on from `from` meanwhile. Returns the physical file as it is then (`None` if it is
-    /// gone) and whether this call moved it.
-    pub fn advance_hash(&mut self, pfile_id: i64, from: u32, to: u32, state: Vec<u8>) -> Result<Option<(PFile, bool)>> {
+    /// Makes this process (`me`) the one to move the running hash on (to finish it); the one before stops at
+    /// its next save.
+    pub fn take_hash(&mut self, pfile_id: i64, me: u32) -> Result<Option<PFile>> {
+        let tx = self.write()?;
+        tx.execute("UPDATE pfiles SET hash_owner = ? WHERE id = ? AND complete = 0", params![me, pfile_id])?;
+        let pfile = tx
+            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .optional()?;
+        tx.commit()?;
+        Ok(pfile)
+    }
+
+    /// Records that the running hash now covers `to` chunks, if it still covered `from` and this process (`me`)
+    /// is still the one to move it on. Returns the physical file as it is then (`None` if it is gone) and
+    /// whether this call moved it.
+    pub fn advance_hash(
+        &mut self,
+        pfile_id: i64,
+        from: u32,
+        to: u32,
+        state: Vec<u8>,
+        me: u32,
+    ) -> Result<Option<(PFile, bool)>> {
         let tx = self.write()?;
         let moved = tx.execute(
-            "UPDATE pfiles SET hashed_chunks = ?, hash_state = ? WHERE id = ? AND hashed_chunks = ? AND complete = 0",
-            params![to, state, pfile_id, from],
+            "UPDATE pfiles SET hashed_chunks = ?, hash_state = ?
+             WHERE id = ? AND hashed_chunks = ? AND hash_owner = ? AND complete = 0",
+            params![to, state, pfile_id, from, me],
         )? == 1;
         let pfile = tx
             .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
@@ -973,7 +1001,8 @@ const ATTR_COLUMNS: &str = "n.id, n.kind, n.mode, n.uid, n.gid, n.nlink, n.size,
                             n.mtime_s, n.mtime_ns, n.ctime_s, n.ctime_ns, n.rdev, p.md5";
 
 const PFILE_COLUMNS: &str =
-    "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete, hashed_chunks, hash_state";
+    "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete, hashed_chunks, hash_state, \
+     hash_owner";
 
 fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
     Ok(PFile {
@@ -987,6 +1016,7 @@ fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
         complete: r.get(7)?,
         hashed_chunks: r.get(8)?,
         hash_state: r.get(9)?,
+        hash_owner: r.get(10)?,
     })
 }
 
