@@ -104,7 +104,7 @@ enum ChunkPlan {
     Skip,
     Receive {
         upload: Upload,
-        pfile: PFile,
+        pfile: Box<PFile>,
         file: File,
     },
 }
@@ -430,7 +430,7 @@ impl Session {
             return Ok(ChunkPlan::Skip);
         }
         let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
-        Ok(ChunkPlan::Receive { upload, pfile, file })
+        Ok(ChunkPlan::Receive { upload, pfile: Box::new(pfile), file })
     }
 
     fn upload_chunk(
@@ -442,7 +442,7 @@ impl Session {
         payload_len: u64,
     ) -> Result<(), ConnError> {
         let (upload, pfile, file) = match self.plan_chunk(user, &r, payload_len) {
-            Ok(ChunkPlan::Receive { upload, pfile, file }) => (upload, pfile, file),
+            Ok(ChunkPlan::Receive { upload, pfile, file }) => (upload, *pfile, file),
             Ok(ChunkPlan::Skip) => {
                 conn.discard_payload(payload_len)?;
                 return respond::<UploadChunk>(conn, id, Ok(UploadChunkRes { index: r.index, complete: None }));
