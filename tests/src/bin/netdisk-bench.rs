@@ -28,7 +28,7 @@ use clap::Parser;
 use md5::{Digest, Md5};
 use netdisk_e2e::mount::Mount;
 use netdisk_e2e::sshfs::{self, Sshd, Sshfs};
-use netdisk_e2e::{descendants_of, Rng, Server};
+use netdisk_e2e::{descendants_of, Rng, Server, ServerOpts};
 
 const MIB: u64 = 1 << 20;
 const USER: &str = "bench";
@@ -93,6 +93,14 @@ struct Cli {
     /// Per workload and target: no further repetition starts once the next one would end past this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 150)]
     budget: u64,
+    /// The netdisk server's --durability: full (every answer synced to disk, the default) or normal (in the
+    /// OS cache: what sshfs and a local disk without fsync promise).
+    #[arg(long, value_name = "LEVEL", value_parser = ["full", "normal"], default_value = "full")]
+    netdisk_durability: String,
+    /// Run only these groups of workloads (comma-separated): big (write, reads, held-content copy, copy
+    /// inside), small, tree, clients [default: all].
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = ["big", "small", "tree", "clients"])]
+    only: Vec<String>,
 }
 
 /// The resolved sizes and switches of one run.
@@ -112,9 +120,16 @@ struct Config {
     timeout: Duration,
     budget: Duration,
     out: Option<PathBuf>,
+    durability: &'static str,
+    only: Vec<String>,
 }
 
 impl Config {
+    /// Whether the workloads of `group` run (`--only`).
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
     fn from_cli(cli: Cli) -> Result<Config> {
         let q = cli.quick;
         let cfg = Config {
@@ -133,6 +148,8 @@ impl Config {
             timeout: Duration::from_secs(cli.timeout.unwrap_or(if q { 120 } else { 900 })),
             budget: Duration::from_secs(cli.budget),
             out: cli.out,
+            durability: if cli.netdisk_durability == "normal" { "normal" } else { "full" },
+            only: cli.only,
         };
         if cfg.reps == 0 || cfg.big == 0 || cfg.small_files == 0 || cfg.clients == 0 || cfg.client_bytes == 0 {
             bail!("--reps, --big-mib, --small-files, --clients and --client-mib must be at least 1");
@@ -763,8 +780,8 @@ impl Target {
         })
     }
 
-    fn netdisk() -> Target {
-        let server = Server::start_default();
+    fn netdisk(durability: &'static str) -> Target {
+        let server = Server::start(ServerOpts::default().durability(durability));
         server.add_user(USER, PASSWORD);
         let mount = Mount::start(&server, USER, PASSWORD);
         Target { kind: Kind::Netdisk, backend: Backend::Netdisk(NetdiskTarget { mount: Some(mount), server }) }
@@ -1637,6 +1654,16 @@ fn legend(ctx: &Ctx, inputs: &Inputs) -> Vec<String> {
         "Writes to local disk include a syncfs; netdisk's close returns once the server has verified and stored \
          the file; sshfs is timed until its close returns."
             .to_string(),
+        format!(
+            "netdisk server durability: {} ({}).",
+            cfg.durability,
+            if cfg.durability == "full" {
+                "every answer is synced to disk first: a file or an unlink survives a power loss once acknowledged; \
+                 sshfs and the local target sync nothing per file"
+            } else {
+                "answers once in the OS cache, as sshfs does"
+            }
+        ),
     ]);
     lines
 }
@@ -1792,7 +1819,7 @@ fn bench(cfg: Config) -> Result<()> {
     } else {
         res.notes.push("sshfs not measured (--no-sshfs)".to_string());
     }
-    targets.push(Target::netdisk());
+    targets.push(Target::netdisk(ctx.cfg.durability));
     let mut present = [false; 3];
     for t in &targets {
         present[t.kind.idx()] = true;
@@ -1802,7 +1829,7 @@ fn bench(cfg: Config) -> Result<()> {
     // Each workload runs on each target in turn; a failure (an error, a mismatch, a panic) marks that workload's
     // cells FAILED, is printed with the target's logs, and fails the run at the end, after the table.
     let mut held = [0usize; 3];
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("big")) {
         let rows = [Row::Write, Row::RssClient, Row::RssServer];
         let slot = &mut held[t.kind.idx()];
         workload(&mut res, t, "big file write", &rows, |t, res| {
@@ -1810,30 +1837,30 @@ fn bench(cfg: Config) -> Result<()> {
             Ok(())
         })?;
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("big")) {
         let src = &inputs.big[held[t.kind.idx()]];
         workload(&mut res, t, "big file read", &[Row::ReadCold, Row::ReadWarm], |t, res| big_read(&ctx, t, res, src))?;
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("big")) {
         let src = &inputs.big[held[t.kind.idx()]];
         workload(&mut res, t, "held-content copy", &[Row::Dup, Row::DupSpeedup], |t, res| big_dup(&ctx, t, res, src))?;
         if let (Some(first), Some(again)) = (res.median(Row::Write, t.kind), res.median(Row::Dup, t.kind)) {
             res.push(Row::DupSpeedup, t.kind, again / first);
         }
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("big")) {
         let src = &inputs.big[held[t.kind.idx()]];
         workload(&mut res, t, "copy inside", &[Row::CpInside], |t, res| big_cp_inside(&ctx, t, res, src))?;
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("small")) {
         let rows = [Row::SmallCreate, Row::SmallStat, Row::SmallRead, Row::SmallRm];
         workload(&mut res, t, "small files", &rows, |t, res| small_files(&ctx, t, res))?;
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("tree")) {
         let rows = [Row::TreeTar, Row::TreeCp, Row::TreeRm];
         workload(&mut res, t, "tree", &rows, |t, res| real_tree(&ctx, t, res, &inputs.tree))?;
     }
-    for t in targets.iter_mut() {
+    for t in targets.iter_mut().filter(|_| ctx.cfg.wants("clients")) {
         workload(&mut res, t, "concurrent uploaders", &[Row::Clients], |t, res| clients(&ctx, t, res, &inputs))?;
     }
 
