@@ -20,7 +20,8 @@ pub enum Durability {
     /// Synced to disk before the answer: survives a crash of the machine (fsync of data, directory and database).
     Full,
     /// In the operating system's cache before the answer: survives any crash of netdisk's processes, not a power
-    /// loss of the machine (then the last changes may be undone, never half-applied).
+    /// loss of the machine (then the last changes may be undone, and a file completed just before may read back
+    /// wrong: the database and the blobs reach the disk in no set order; fsck finds it).
     Normal,
 }
 

@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         chunk_size: u32,
         /// full: every answered change is synced to disk (survives a power loss). normal: it is in the OS cache
-        /// (survives any crash of netdisk's processes; a power loss may undo the last changes, never half-apply them).
+        /// (survives any crash of netdisk's processes; a power loss may undo the last changes, and a file completed just before may read back wrong: fsck finds it).
         #[arg(long, value_enum, default_value_t = blobs::Durability::Full)]
         durability: blobs::Durability,
     },
