@@ -34,6 +34,7 @@ impl FsError {
                 ErrorCode::NameTooLong => libc::ENAMETOOLONG,
                 ErrorCode::NotPermitted => libc::EPERM,
                 ErrorCode::NoSpace => libc::ENOSPC,
+                ErrorCode::QuotaExceeded => libc::EDQUOT,
                 ErrorCode::AuthFailed | ErrorCode::NotLoggedIn => libc::EACCES,
                 ErrorCode::Busy => libc::EAGAIN,
                 ErrorCode::Unsupported => libc::EOPNOTSUPP,

@@ -165,6 +165,13 @@ impl<S: Read + Write> Client<S> {
     /// Uploads a small file (at most [`MAX_INLINE_UPLOAD`](crate::MAX_INLINE_UPLOAD) bytes) whole, in one round
     /// trip: the bytes travel inside the `UploadFile`, whether or not the server holds them already.
     pub fn upload_inline(&mut self, path: &str, data: &[u8], mode: u32) -> Result<Attr, ClientError> {
+        if data.len() > crate::MAX_INLINE_UPLOAD as usize {
+            return Err(ClientError::Protocol(format!(
+                "{} bytes are too many to send whole (at most {})",
+                data.len(),
+                crate::MAX_INLINE_UPLOAD
+            )));
+        }
         let req = UploadFile {
             path: path.into(),
             size: data.len() as u64,

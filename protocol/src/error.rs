@@ -47,6 +47,8 @@ pub enum ErrorCode {
     NotPermitted,
     /// The server's disk is full (ENOSPC).
     NoSpace,
+    /// The change would take the user past their quota (EDQUOT).
+    QuotaExceeded,
     /// Wrong user name or password.
     AuthFailed,
     /// A request other than login before a successful login (EACCES).

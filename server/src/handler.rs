@@ -232,6 +232,7 @@ impl Session {
         check_md5(&r.md5)?;
         components(&r.path)?;
         self.meta.check_file_target(user, &r.path)?;
+        self.meta.check_quota(user, &r.path, r.size)?;
         let new = NewFile { mode: r.mode, owner: r.owner, mtime: r.mtime };
         if r.size == 0 {
             if r.md5 != EMPTY_MD5 {
@@ -303,6 +304,7 @@ impl Session {
                 return fail(ErrorCode::Invalid, format!("a file sent whole must be its {} bytes", r.size));
             }
             self.meta.check_file_target(user, &r.path)?;
+            self.meta.check_quota(user, &r.path, r.size)?;
             let pfile = self.meta.new_pfile(user, &r.md5, r.size, self.chunk_size)?;
             match self.blobs.open_for_upload(pfile.id, pfile.size) {
                 Ok(file) => Ok((pfile, file)),
@@ -647,6 +649,7 @@ impl Session {
         if size == attr.size {
             return Ok(());
         }
+        self.meta.check_quota(user, path, size)?;
         let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
         if size == 0 {
             let (_, released) = self.meta.set_content(user, path, Content { pfile_id: None, size: 0 }, keep)?;

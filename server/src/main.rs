@@ -1,4 +1,5 @@
-//! `netdisk-server`: `serve` a data directory, manage its users (`user add`), or check it (`fsck`).
+//! `netdisk-server`: `serve` a data directory, manage its users (`user add|list|passwd|quota|remove`), report
+//! what it holds (`stats`), or check it (`fsck`).
 //! Only argument handling lives here; `listener` runs the server.
 
 mod blobs;
@@ -72,18 +73,24 @@ enum Command {
     /// 2 the directory could not be checked. Nothing is changed: the database is opened read-only and read in one
     /// read transaction, blobs are only read. A problem a running server may be passing through for an instant
     /// (a blob being removed after a commit) is reported only if a second look at the end still finds it.
-    /// Limits: chunk md5s are not stored, so the bytes of a chunk of an unfinished upload can only be checked for
-    /// having been written (not a hole of the sparse blob); on a file system that stores runs of zeros as holes
-    /// (ZFS with compression) an all-zero chunk would be reported.
+    /// Limits: the chunks of an unfinished upload that its running hash covers are checked against it; the bytes of
+    /// a chunk that came early can only be checked for having been written (not a hole of the sparse blob); on a
+    /// file system that stores runs of zeros as holes (ZFS with compression) an all-zero chunk would be reported.
     Fsck {
         /// The server's data directory.
         #[arg(long)]
         data: PathBuf,
     },
-    /// Manage users.
+    /// Manage users (safe while a server runs).
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// What the store holds: users, files, physical files, bytes stored, and bytes saved by deduplication.
+    Stats {
+        /// The server's data directory.
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -91,11 +98,96 @@ enum Command {
 enum UserCommand {
     /// Create a user. The password comes from NETDISK_PASSWORD, else from the first line of stdin.
     Add {
+        /// 1 to 64 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// The server's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Most bytes of regular files the user may hold, e.g. 500M or 20G (K, M, G, T: powers of 1024)
+        /// [default: no quota].
+        #[arg(long, value_parser = parse_size)]
+        quota: Option<u64>,
+    },
+    /// List the users: files, bytes used, quota, creation date.
+    List {
+        /// The server's data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Set a user's password (from NETDISK_PASSWORD, else the first line of stdin). Connections logged in stay.
+    Passwd {
         name: String,
         /// The server's data directory.
         #[arg(long)]
         data: PathBuf,
     },
+    /// Set a user's quota (e.g. 20G), or lift it with `none`. Changes beyond it fail with EDQUOT on the mount;
+    /// what is held already stays.
+    Quota {
+        name: String,
+        /// Bytes (K, M, G, T suffixes: powers of 1024), or `none`.
+        #[arg(value_parser = parse_quota)]
+        quota: Quota,
+        /// The server's data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Remove a user and everything they hold (content other users also hold stays for them).
+    Remove {
+        name: String,
+        /// The server's data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+/// A quota given on the command line.
+#[derive(Clone, Copy, Debug)]
+struct Quota(Option<u64>);
+
+/// `1234`, `500K`, `20M`, `1.5G`, `2T` (powers of 1024) as bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let scale: u64 = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{text:?}: the unit must be K, M, G or T")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a size such as 500M or 20G"))?;
+    if !value.is_finite() || value < 0.0 || value * scale as f64 > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok((value * scale as f64) as u64)
+}
+
+fn parse_quota(text: &str) -> Result<Quota, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Quota(None));
+    }
+    parse_size(text).map(|q| Quota(Some(q)))
+}
+
+/// Bytes for people: 1.5 GiB.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,7 +242,29 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::User { command: UserCommand::Add { name, data } } => {
+        Command::User { command } => user_command(command),
+        Command::Stats { data } => {
+            let s = open_existing(&data)?.stats().map_err(|e| anyhow::anyhow!("{}", e.to_wire().message))?;
+            println!("users           {}", s.users);
+            println!(
+                "files           {} ({}), {} directories, {} others",
+                s.files,
+                human(s.file_bytes),
+                s.directories,
+                s.others
+            );
+            println!("physical files  {} ({} stored)", s.physical_files, human(s.stored_bytes));
+            println!("dedup saves     {}", human(s.file_bytes.saturating_sub(s.stored_bytes)));
+            println!("uploads         {} unfinished ({})", s.uploads, human(s.unfinished_bytes));
+            Ok(())
+        }
+    }
+}
+
+fn user_command(command: UserCommand) -> anyhow::Result<()> {
+    let failed = |what: String| move |e: error::Error| anyhow::anyhow!("{what}: {}", e.to_wire().message);
+    match command {
+        UserCommand::Add { name, data, quota } => {
             if name.is_empty()
                 || name.len() > 64
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -161,12 +275,65 @@ fn main() -> anyhow::Result<()> {
             prepare_data_dir(&data)?;
             let mut meta = meta::Meta::open(&data.join("meta.db"))?;
             let hash = users::hash_password(&password)?;
-            meta.add_user(&name, &hash)
-                .map_err(|e| anyhow::anyhow!("cannot add user {name}: {}", e.to_wire().message))?;
+            meta.add_user(&name, &hash).map_err(failed(format!("cannot add user {name}")))?;
+            if quota.is_some() {
+                meta.set_quota(&name, quota).map_err(failed(format!("cannot set the quota of {name}")))?;
+            }
             println!("added user {name}");
-            Ok(())
+        }
+        UserCommand::List { data } => {
+            let users = open_existing(&data)?.list_users().map_err(failed("cannot list users".into()))?;
+            println!("{:<24} {:>10} {:>12} {:>12}  created", "user", "files", "used", "quota");
+            for u in users {
+                let quota = u.quota.map_or("none".to_string(), human);
+                println!("{:<24} {:>10} {:>12} {:>12}  {}", u.name, u.files, human(u.bytes), quota, date(u.created));
+            }
+        }
+        UserCommand::Passwd { name, data } => {
+            let mut meta = open_existing(&data)?;
+            let password = read_password()?;
+            let hash = users::hash_password(&password)?;
+            meta.set_password(&name, &hash).map_err(failed(format!("cannot set the password of {name}")))?;
+            println!("password of {name} changed");
+        }
+        UserCommand::Quota { name, quota: Quota(quota), data } => {
+            open_existing(&data)?.set_quota(&name, quota).map_err(failed(format!("cannot set the quota of {name}")))?;
+            println!("quota of {name}: {}", quota.map_or("none".to_string(), human));
+        }
+        UserCommand::Remove { name, data } => {
+            let mut meta = open_existing(&data)?;
+            let (nodes, released) = meta.remove_user(&name).map_err(failed(format!("cannot remove user {name}")))?;
+            let blobs = blobs::Blobs::new(&data, blobs::Durability::Full);
+            blobs.remove_all(&released);
+            println!("removed user {name}: {nodes} files and directories, {} physical files freed", released.len());
         }
     }
+    Ok(())
+}
+
+/// A data directory's database, which must exist already (administration never creates one by mistake).
+fn open_existing(data: &Path) -> anyhow::Result<meta::Meta> {
+    let db = data.join("meta.db");
+    if !db.exists() {
+        bail!("{} holds no netdisk database (meta.db)", data.display());
+    }
+    meta::Meta::open(&db).with_context(|| format!("cannot open the database in {}", data.display()))
+}
+
+/// `2026-11-25` from seconds since the epoch (UTC).
+fn date(sec: i64) -> String {
+    let days = sec.div_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// Creates the data directory and migrates the database, in the parent, before any child exists.
@@ -193,4 +360,28 @@ fn read_password() -> anyhow::Result<String> {
         bail!("no password: set NETDISK_PASSWORD or give it on stdin");
     }
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_dates_read_and_print() {
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert_eq!(parse_size("500K"), Ok(500 << 10));
+        assert_eq!(parse_size("20M"), Ok(20 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_size("3gb"), Ok(3 << 30));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(matches!(parse_quota("none"), Ok(Quota(None))));
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(1_795_564_800), "2026-11-25");
+        assert_eq!(date(951_782_400), "2000-02-29");
+    }
 }

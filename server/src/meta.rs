@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netdisk_protocol::path::components;
-use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec};
+use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::error::{fail, Result};
@@ -86,13 +86,14 @@ CREATE TABLE uploads (
 CREATE INDEX uploads_pfile ON uploads(pfile_id);
 ";
 
-/// Version 2: an unfinished physical file keeps the md5 and SHA-256 state of its first `hashed_chunks` chunks
+/// Version 2: a user may have a quota (bytes of regular files; NULL: none). An unfinished physical file keeps the md5 and SHA-256 state of its first `hashed_chunks` chunks
 /// (`blobs::RunningHash`), so that sealing it needs no second pass over its bytes; `hash_owner` is the
 /// connection process allowed to move it on (one at a time, so no byte is hashed twice).
 const SCHEMA_V2: &str = "
 ALTER TABLE pfiles ADD COLUMN hashed_chunks INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE pfiles ADD COLUMN hash_state BLOB;
 ALTER TABLE pfiles ADD COLUMN hash_owner INTEGER;
+ALTER TABLE users ADD COLUMN quota INTEGER;
 ";
 
 pub fn now() -> Timespec {
@@ -136,6 +137,33 @@ pub struct User {
     pub id: i64,
     pub name: String,
     pub root: i64,
+}
+
+/// A user and what they hold (`netdisk-server user list`).
+pub struct UserUsage {
+    pub name: String,
+    pub quota: Option<u64>,
+    /// Seconds since the epoch.
+    pub created: i64,
+    pub files: u64,
+    /// Sum of the sizes of their regular files.
+    pub bytes: u64,
+}
+
+/// What a store holds (`netdisk-server stats`).
+pub struct StoreStats {
+    pub users: u64,
+    pub files: u64,
+    pub directories: u64,
+    /// Symlinks, devices, fifos, sockets.
+    pub others: u64,
+    /// Sum of the sizes of all regular files, as their owners see them.
+    pub file_bytes: u64,
+    pub physical_files: u64,
+    /// Bytes of complete physical files: each distinct content once.
+    pub stored_bytes: u64,
+    pub uploads: u64,
+    pub unfinished_bytes: u64,
 }
 
 /// A physical file's row.
@@ -374,6 +402,136 @@ impl Meta {
     pub fn node_count(&self, user: &User) -> Result<u64> {
         Ok(self.conn.query_row("SELECT count(*) FROM nodes WHERE user_id = ?", [user.id], |r| r.get::<_, i64>(0))?
             as u64)
+    }
+
+    // ---- administration (netdisk-server user ..., stats) ----
+
+    /// Every user with what they use, by name.
+    pub fn list_users(&self) -> Result<Vec<UserUsage>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT u.name, u.quota, u.created,
+                    (SELECT count(*) FROM nodes n WHERE n.user_id = u.id AND n.kind = ?1),
+                    (SELECT coalesce(sum(n.size), 0) FROM nodes n WHERE n.user_id = u.id AND n.kind = ?1)
+             FROM users u ORDER BY u.name",
+        )?;
+        let rows = stmt.query_map([kind_to_int(NodeKind::File)], |r| {
+            Ok(UserUsage {
+                name: r.get(0)?,
+                quota: r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+                created: r.get(2)?,
+                files: r.get::<_, i64>(3)? as u64,
+                bytes: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<()> {
+        let tx = self.write()?;
+        if tx.execute("UPDATE users SET password_hash = ? WHERE name = ?", params![password_hash, name])? == 0 {
+            return fail(ErrorCode::NotFound, format!("no user {name}"));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets (or with `None` lifts) a user's quota: bytes of regular files they may hold.
+    pub fn set_quota(&mut self, name: &str, quota: Option<u64>) -> Result<()> {
+        let tx = self.write()?;
+        if tx.execute("UPDATE users SET quota = ? WHERE name = ?", params![quota.map(|q| q as i64), name])? == 0 {
+            return fail(ErrorCode::NotFound, format!("no user {name}"));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a user with everything they hold, in one transaction: their tree, their unfinished uploads, and
+    /// the physical files nobody else refers to (returned: the caller deletes their blobs). Connections of that
+    /// user that are logged in get errors from then on.
+    pub fn remove_user(&mut self, name: &str) -> Result<(u64, Released)> {
+        let tx = self.write()?;
+        let id: i64 = tx
+            .query_row("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no user {name}")))?;
+        let held: Vec<(i64, i64)> = tx
+            .prepare(
+                "SELECT pfile_id, count(*) FROM nodes WHERE user_id = ? AND pfile_id IS NOT NULL GROUP BY pfile_id",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let uploading: Vec<i64> = tx
+            .prepare("SELECT DISTINCT pfile_id FROM uploads WHERE user_id = ?")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.execute("DELETE FROM entries WHERE node IN (SELECT id FROM nodes WHERE user_id = ?)", [id])?;
+        let nodes = tx.execute("DELETE FROM nodes WHERE user_id = ?", [id])? as u64;
+        tx.execute("DELETE FROM uploads WHERE user_id = ?", [id])?;
+        let mut released = Vec::new();
+        for (pfile, n) in held {
+            tx.execute("UPDATE pfiles SET refs = refs - ? WHERE id = ?", params![n, pfile])?;
+            released.extend(release_if_unreferenced(&tx, pfile)?);
+        }
+        for pfile in uploading {
+            released.extend(release_if_unused(&tx, pfile)?);
+        }
+        let orphans: Vec<i64> = tx
+            .prepare("SELECT id FROM pfiles WHERE uploader = ? AND complete = 0")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.execute("DELETE FROM pfiles WHERE uploader = ? AND complete = 0", [id])?;
+        released.extend(orphans);
+        tx.execute("DELETE FROM users WHERE id = ?", [id])?;
+        tx.commit()?;
+        Ok((nodes, released))
+    }
+
+    /// What the store holds, in one read transaction.
+    pub fn stats(&mut self) -> Result<StoreStats> {
+        let tx = self.conn.transaction()?;
+        let count =
+            |sql: &str| -> rusqlite::Result<u64> { tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
+        let file = kind_to_int(NodeKind::File);
+        let dir = kind_to_int(NodeKind::Dir);
+        let stats = StoreStats {
+            users: count("SELECT count(*) FROM users")?,
+            files: count(&format!("SELECT count(*) FROM nodes WHERE kind = {file}"))?,
+            directories: count(&format!("SELECT count(*) FROM nodes WHERE kind = {dir}"))?,
+            others: count(&format!("SELECT count(*) FROM nodes WHERE kind NOT IN ({file}, {dir})"))?,
+            file_bytes: count(&format!("SELECT coalesce(sum(size), 0) FROM nodes WHERE kind = {file}"))?,
+            physical_files: count("SELECT count(*) FROM pfiles WHERE complete = 1")?,
+            stored_bytes: count("SELECT coalesce(sum(size), 0) FROM pfiles WHERE complete = 1")?,
+            uploads: count("SELECT count(*) FROM uploads")?,
+            unfinished_bytes: count("SELECT coalesce(sum(size), 0) FROM pfiles WHERE complete = 0")?,
+        };
+        tx.commit()?;
+        Ok(stats)
+    }
+
+    /// Refuses a change that would take `user` past their quota: `path` (a regular file, or nothing yet)
+    /// getting `new_size` bytes. Usage is the sum of the sizes of the user's regular files (a hard link counts
+    /// once; content shared by deduplication counts for each holder).
+    pub fn check_quota(&self, user: &User, path: &str, new_size: u64) -> Result<()> {
+        let quota: Option<i64> =
+            self.conn.query_row("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
+        let Some(quota) = quota.map(|q| q as u64) else { return Ok(()) };
+        let used: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(size), 0) FROM nodes WHERE user_id = ? AND kind = ?",
+            params![user.id, kind_to_int(NodeKind::File)],
+            |r| r.get(0),
+        )?;
+        let old = match self.stat(user, path) {
+            Ok(attr) if attr.kind == NodeKind::File => attr.size,
+            _ => 0,
+        };
+        let after = (used as u64).saturating_sub(old).saturating_add(new_size);
+        if new_size > old && after > quota {
+            return fail(
+                ErrorCode::QuotaExceeded,
+                format!("over quota: {after} bytes would be used, the quota is {quota}"),
+            );
+        }
+        Ok(())
     }
 
     // ---- changing the tree ----

@@ -265,20 +265,21 @@ impl Server {
 
     /// `netdisk-server user add NAME --data DIR` with the password in `NETDISK_PASSWORD`; panics unless it succeeds.
     pub fn add_user(&self, name: &str, password: &str) {
-        let out = Command::new(server_bin())
-            .args(["user", "add", name, "--data"])
-            .arg(&self.data)
-            .env("NETDISK_PASSWORD", password)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run netdisk-server user add");
-        assert!(
-            out.status.success(),
-            "`netdisk-server user add {name}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, out) = self.admin(&["user", "add", name], Some(password));
+        assert!(ok, "`netdisk-server user add {name}` failed: {out}");
+    }
+
+    /// Runs `netdisk-server ARGS --data DIR` (an administration command) with NETDISK_PASSWORD set to
+    /// `password`, if given; returns whether it succeeded and its stdout and stderr.
+    pub fn admin(&self, args: &[&str], password: Option<&str>) -> (bool, String) {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(args).arg("--data").arg(&self.data).stdin(Stdio::null()).env_remove("NETDISK_PASSWORD");
+        if let Some(password) = password {
+            cmd.env("NETDISK_PASSWORD", password);
+        }
+        let out = cmd.output().expect("run netdisk-server");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
     }
 
     /// A TCP connection with read and write timeouts of [`IO_TIMEOUT`].

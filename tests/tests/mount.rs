@@ -328,3 +328,20 @@ fn many_files_copied_in_at_once_all_arrive() {
         second.sh_ok(&format!("cmp {} par/f{i}", src.display()));
     }
 }
+
+#[test]
+fn writes_beyond_the_quota_fail_with_edquot() {
+    let f = fixture();
+    let (ok, out) = f.server.admin(&["user", "quota", "ann", "1M"], None);
+    assert!(ok, "{out}");
+    f.mount.sh_ok("head -c 700000 /dev/zero > a && head -c 200000 /dev/urandom > b");
+    let out = f.mount.sh("head -c 500000 /dev/urandom > c");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Disk quota exceeded"), "the write over the quota: {err}");
+    // The shell created c (empty) before head wrote to it, as on a local disk; the refused bytes are not stored.
+    let size_on_server = |name: &str| f.server.login("ann", "pw").stat(name).map(|a| a.size).ok();
+    assert_eq!(size_on_server("/c"), Some(0), "only the empty file the shell created is on the server");
+    // Freeing space makes room again.
+    f.mount.sh_ok("rm a && head -c 500000 /dev/urandom > c");
+    assert_eq!((size_on_server("/a"), size_on_server("/c")), (None, Some(500_000)));
+}

@@ -7,6 +7,8 @@ use std::net::TcpStream;
 use netdisk_e2e::netdisk_protocol::client::Client;
 use netdisk_e2e::{Server, ServerOpts};
 
+#[path = "server/admin.rs"]
+mod admin;
 #[path = "server/auth.rs"]
 mod auth;
 #[path = "server/dedup.rs"]
