@@ -101,7 +101,7 @@ impl Cache {
         }
     }
 
-    #[cfg(test)]
+    /// Bytes of blocks held.
     pub fn used(&self) -> u64 {
         self.state.lock().expect("cache lock").total
     }

@@ -17,7 +17,8 @@ use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
 use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
-use crate::inode::Inodes;
+use crate::inode::{Inodes, ROOT};
+use crate::status::{self, Status, UploadBoard};
 
 /// Blocks fetched ahead of a sequential reader.
 const READAHEAD_BLOCKS: u64 = 8;
@@ -29,6 +30,11 @@ const LISTING_ATTEMPTS: usize = 5;
 pub struct Config {
     /// How long attributes and names are trusted before asking the server again.
     pub ttl: Duration,
+    /// `user@server`, for `status`.
+    pub user: String,
+    pub server: String,
+    pub cache_dir: PathBuf,
+    pub cache_limit: u64,
     /// Where written files are staged until they are uploaded.
     pub staging_dir: PathBuf,
     /// Chunks of one file uploaded at once.
@@ -98,6 +104,7 @@ pub struct NetFs {
     inflight: Mutex<HashMap<(String, u64), BlockCell>>,
     mutations: Mutations,
     config: Config,
+    uploads: UploadBoard,
 }
 
 fn not_found() -> FsError {
@@ -127,6 +134,7 @@ impl NetFs {
             inflight: Mutex::new(HashMap::new()),
             mutations: Mutations::default(),
             config,
+            uploads: UploadBoard::default(),
         }
     }
 
@@ -727,6 +735,7 @@ impl NetFs {
             owner: s.owner,
         };
         let _change = self.mutations.begin();
+        let ticket = self.uploads.start(ino, &path, s.size);
         let attr = if s.size > 0 && s.size <= MAX_INLINE_UPLOAD as u64 {
             // A small file goes whole, in one round trip.
             let bytes = s.range(0, s.size)?;
@@ -735,8 +744,9 @@ impl NetFs {
                 other => return Err(FsError::Connection(format!("a file sent whole was answered with {other:?}"))),
             }
         } else {
-            self.upload_by_md5(&req, s).await?
+            self.upload_by_md5(&req, s, &ticket.sent).await?
         };
+        drop(ticket);
         tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
         s.dirty = false;
         let mut t = self.inodes();
@@ -749,7 +759,7 @@ impl NetFs {
 
     /// Names the content by md5 first: instant when the server holds it (after proving ownership when it is
     /// another user's), else the chunks it lacks, several at once.
-    async fn upload_by_md5(&self, req: &UploadFile, s: &Staging) -> Result<Attr> {
+    async fn upload_by_md5(&self, req: &UploadFile, s: &Staging, sent: &Arc<AtomicU64>) -> Result<Attr> {
         // Another connection (or mount) may finish the same content first: asking again then settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             // A challenge is answered on the connection that asked it.
@@ -774,7 +784,7 @@ impl NetFs {
                     return Ok(attr);
                 }
                 UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
-                    match self.send_chunks(s, upload_id, chunk_size, chunk_count).await {
+                    match self.send_chunks(s, upload_id, chunk_size, chunk_count, sent).await {
                         Ok(Some(attr)) => return Ok(attr),
                         Ok(None) => {}
                         Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => {}
@@ -796,6 +806,7 @@ impl NetFs {
         upload_id: u64,
         chunk_size: u32,
         chunk_count: u32,
+        sent: &Arc<AtomicU64>,
     ) -> Result<Option<Attr>> {
         let mut needed = Vec::new();
         let all: Vec<u32> = (0..chunk_count).collect();
@@ -807,8 +818,11 @@ impl NetFs {
                 needed.extend(self.remote.call(&QueryChunk { upload_id, indexes: batch.to_vec() }).await?.needed);
             }
         }
+        let chunk_len = |index: u32| (s.size - index as u64 * chunk_size as u64).min(chunk_size as u64);
+        // What the server holds already counts as sent.
+        sent.store(s.size - needed.iter().map(|&i| chunk_len(i)).sum::<u64>(), Ordering::Relaxed);
         let permits = Arc::new(Semaphore::new(self.config.upload_parallelism.max(1)));
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<Result<Option<Attr>>> = JoinSet::new();
         let mut complete = None;
         for index in needed {
             let permit = permits.clone().acquire_owned().await.map_err(|e| FsError::Connection(e.to_string()))?;
@@ -816,6 +830,7 @@ impl NetFs {
             let len = (s.size - offset).min(chunk_size as u64);
             let file = s.file.try_clone()?;
             let remote = self.remote.clone();
+            let sent = sent.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let data = tokio::task::spawn_blocking(move || {
@@ -825,7 +840,9 @@ impl NetFs {
                 .await
                 .map_err(|e| FsError::Connection(e.to_string()))??;
                 let req = UploadChunk { upload_id, index, crc32c: chunk_crc(&data) };
-                remote.call_with_payload(&req, &data).await.map(|(res, _)| res.complete)
+                let (res, _) = remote.call_with_payload(&req, &data).await?;
+                sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(res.complete)
             });
             while let Some(done) = tasks.try_join_next() {
                 if let Some(attr) = done.map_err(|e| FsError::Connection(e.to_string()))?? {
@@ -878,6 +895,72 @@ impl NetFs {
         self.inodes().set_remote(ino_out, attr);
         tracing::info!(bytes = source.size, "copy_file_range done on the server (no byte sent)");
         Ok(source.size as u32)
+    }
+
+    /// Whether the content of `ino` changed here and is not on the server yet (a writer holding the staging
+    /// file right now counts as a change).
+    fn waiting(&self, ino: u64) -> bool {
+        let Some(staging) = self.open_files().staging(ino) else { return false };
+        let waiting = staging.try_lock().map_or(true, |s| s.dirty && !s.unlinked);
+        waiting
+    }
+
+    /// Names of the extended attributes of `ino` (see `status.rs`).
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<&'static str>> {
+        if ino == ROOT {
+            return Ok(vec![status::XATTR_STATUS]);
+        }
+        // From the inode table, never waiting for a staging file (an upload holds it until the server answers).
+        let kind = self.inodes().get(ino).ok_or_else(not_found)?.attr.kind;
+        if kind != NodeKind::File {
+            return Ok(Vec::new());
+        }
+        let known_md5 = !self.is_local(ino) && !self.waiting(ino) && self.uploads.progress(ino).is_none();
+        Ok(if known_md5 { vec![status::XATTR_STATE, status::XATTR_MD5] } else { vec![status::XATTR_STATE] })
+    }
+
+    /// The value of extended attribute `name` of `ino`; ENODATA when it has none.
+    pub async fn xattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
+        if !self.xattr_names(ino)?.contains(&name) {
+            return errno(libc::ENODATA);
+        }
+        Ok(match name {
+            status::XATTR_STATUS => serde_json::to_vec_pretty(&self.status().await).map_err(std::io::Error::other)?,
+            status::XATTR_STATE => {
+                status::state_text(self.uploads.progress(ino), self.waiting(ino), self.is_local(ino)).into_bytes()
+            }
+            _ => self.inodes().get(ino).ok_or_else(not_found)?.attr.md5.clone().unwrap_or_default().into_bytes(),
+        })
+    }
+
+    /// What this mount is doing (`netdisk-mount status`).
+    pub async fn status(&self) -> Status {
+        let started = std::time::Instant::now();
+        let probe = tokio::time::timeout(Duration::from_secs(2), self.remote.call(&StatFs {})).await;
+        let (connected, error) = match probe {
+            Ok(Ok(_)) => (true, None),
+            Ok(Err(e)) => (false, Some(e.to_string())),
+            Err(_) => (false, Some("no answer within 2 s".to_string())),
+        };
+        let uploading: Vec<u64> = self.open_files().inodes_staged();
+        let mut waiting: Vec<String> = uploading
+            .into_iter()
+            .filter(|&ino| self.uploads.progress(ino).is_none() && self.waiting(ino))
+            .filter_map(|ino| self.inodes().path(ino))
+            .collect();
+        waiting.sort();
+        Status {
+            server: self.config.server.clone(),
+            user: self.config.user.clone(),
+            connected,
+            latency_ms: connected.then(|| started.elapsed().as_secs_f64() * 1000.0),
+            error,
+            uploads: self.uploads.list(),
+            waiting,
+            cache_used: self.cache.used(),
+            cache_limit: self.config.cache_limit,
+            cache_dir: self.config.cache_dir.display().to_string(),
+        }
     }
 
     pub async fn fsync(&self, ino: u64) -> Result<()> {

@@ -40,6 +40,17 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(n)
 }
 
+/// An extended attribute's value, or its length when the caller asks with `size` 0 (ERANGE if it does not fit).
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}
+
 fn system_time(t: Timespec) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
@@ -484,15 +495,29 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::NO_XATTR);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Only netdisk's own attributes exist; the kernel asks for others (security.capability) on every write:
+        // answered at once, without a task.
+        let Some(name) = name.to_str().filter(|n| n.starts_with("user.netdisk.")).map(str::to_string) else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.xattr(ino.0, &name).await {
+                Ok(value) => xattr_reply(reply, size, &value),
+                Err(e) if e.errno() == libc::ENODATA => reply.error(Errno::NO_XATTR),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.xattr_names(ino.0) {
+            Ok(names) => {
+                let list: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
+                xattr_reply(reply, size, &list)
+            }
+            Err(e) => reply.error(errno(&e)),
         }
     }
 

@@ -187,6 +187,11 @@ impl OpenFiles {
         self.handles.get_mut(&fh)
     }
 
+    /// Inodes with a staging file (open for writing).
+    pub fn inodes_staged(&self) -> Vec<u64> {
+        self.stagings.keys().copied().collect()
+    }
+
     pub fn staging(&self, ino: u64) -> Option<SharedStaging> {
         self.stagings.get(&ino).map(|(s, _)| s.clone())
     }

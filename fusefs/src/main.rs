@@ -10,6 +10,7 @@ mod handles;
 mod inode;
 mod local;
 mod running_md5;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,12 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::client::{Credentials, Remote};
 
 #[derive(Parser)]
-#[command(name = "netdisk-mount", version, about = "Mount a netdisk store as a directory")]
+#[command(
+    name = "netdisk-mount",
+    version,
+    about = "Mount a netdisk store as a directory",
+    after_help = "See what a mount is doing: netdisk-mount status [MOUNTPOINT...] [--watch SECS]"
+)]
 struct Cli {
     /// Server address, e.g. 127.0.0.1:7420.
     #[arg(long, required_unless_present = "local", conflicts_with = "local")]
@@ -52,6 +58,49 @@ struct Cli {
     connections: usize,
 }
 
+/// `netdisk-mount status`: what mounts are doing, read from their root's `user.netdisk.status` attribute.
+#[derive(Parser)]
+#[command(
+    name = "netdisk-mount status",
+    version,
+    about = "Show what netdisk mounts are doing: the connection, \
+uploads in progress with their progress, files waiting to upload, the cache"
+)]
+struct StatusCli {
+    /// Mount points to show [default: every netdisk mount of this machine].
+    mountpoints: Vec<PathBuf>,
+    /// Show it again every SECS seconds (follow a long upload) until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<f64>,
+}
+
+fn status_command(cli: StatusCli) -> anyhow::Result<()> {
+    let points = if cli.mountpoints.is_empty() { status::mounts() } else { cli.mountpoints };
+    if points.is_empty() {
+        bail!("no netdisk mount on this machine");
+    }
+    loop {
+        let mut failed = Vec::new();
+        for point in &points {
+            match status::read(point) {
+                Ok(s) => print!("{}", status::render(point, &s)),
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+        }
+        match cli.watch {
+            Some(secs) if secs > 0.0 => {
+                for e in failed {
+                    eprintln!("netdisk-mount status: {e}");
+                }
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                println!();
+            }
+            _ if failed.is_empty() => return Ok(()),
+            _ => bail!("{}", failed.join("\n")),
+        }
+    }
+}
+
 fn main() {
     // Upload chunks are 4 MiB buffers made on many threads. glibc would raise its mmap threshold after the first
     // one is freed and then keep such buffers in per-thread arenas; a fixed threshold of 2 MiB hands them back to
@@ -67,7 +116,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
+        status_command(StatusCli::parse_from(std::env::args_os().skip(1)))
+    } else {
+        run(Cli::parse())
+    };
+    if let Err(e) = result {
         eprintln!("netdisk-mount: {e:#}");
         std::process::exit(1);
     }
@@ -125,7 +179,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let ttl = Duration::from_secs_f64(cli.attr_timeout.max(0.0));
     let cache = cache::Cache::new(blocks_dir.clone(), cli.cache_size_mib << 20)?;
-    let config = fs::Config { ttl, staging_dir, upload_parallelism: cli.connections.max(1) };
+    let config = fs::Config {
+        ttl,
+        user: credentials.user.clone(),
+        server: credentials.addr.clone(),
+        cache_dir: cache_root.clone(),
+        cache_limit: cli.cache_size_mib << 20,
+        staging_dir,
+        upload_parallelism: cli.connections.max(1),
+    };
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
     let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl);
 

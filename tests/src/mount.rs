@@ -45,8 +45,14 @@ impl Mount {
 
     /// Mounts on `DIR/mnt` of a directory this guard takes over (e.g. one a killed mount left behind).
     pub fn start_in(server: &Server, user: &str, password: &str, dir: tempfile::TempDir) -> Mount {
+        Mount::start_with(server, user, password, dir, &[])
+    }
+
+    /// Like [`Mount::start_in`], with more `netdisk-mount` options.
+    pub fn start_with(server: &Server, user: &str, password: &str, dir: tempfile::TempDir, args: &[&str]) -> Mount {
         let mut cmd = Command::new(mount_bin());
         cmd.arg("--server").arg(server.addr().to_string()).arg("--user").arg(user).env("NETDISK_PASSWORD", password);
+        cmd.args(args);
         Mount::spawn(cmd, dir)
     }
 

@@ -345,3 +345,98 @@ fn writes_beyond_the_quota_fail_with_edquot() {
     f.mount.sh_ok("rm a && head -c 500000 /dev/urandom > c");
     assert_eq!((size_on_server("/a"), size_on_server("/c")), (None, Some(500_000)));
 }
+
+/// Runs `netdisk-mount ARGS`, bounded; returns success and stdout + stderr.
+fn mount_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "20"])
+        .arg(netdisk_e2e::mount::mount_bin())
+        .args(args)
+        .output()
+        .expect("netdisk-mount runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Extended attribute `name` of an open file, as text.
+fn fd_xattr(file: &std::fs::File, name: &str) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let c_name = std::ffi::CString::new(name).expect("no NUL");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer writable for its length.
+    let n = unsafe { libc::fgetxattr(file.as_raw_fd(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+/// `getfattr --only-values -n NAME PATH` in the mount, or None when the file has no such attribute.
+fn xattr(f: &Fixture, name: &str, path: &str) -> Option<String> {
+    let out = f.mount.sh(&format!("getfattr --only-values -n {name} {path}"));
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn status_and_extended_attributes_show_uploads() {
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    // Attributes trusted for a minute: while the server is paused below, reading an attribute of an open file
+    // needs no fresh attributes (the kernel's permission check would ask the paused server for them).
+    let dir = tempfile::Builder::new().prefix("netdisk-mount-").tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mnt")).unwrap();
+    let mount = Mount::start_with(&server, "ann", "pw", dir, &["--attr-timeout", "60"]);
+    let f = Fixture { mount, server };
+    let point = f.mount.path().to_str().expect("utf-8 path").to_string();
+    let (ok, idle) = mount_cli(&["status", &point]);
+    assert!(ok && idle.contains("connected") && idle.contains("uploads: none in progress"), "{idle}");
+
+    // A file written while the server is paused: its upload at close waits, and shows.
+    let size = 24 << 20;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src.bin");
+    let data = random_bytes(40, size);
+    write_file(&src, &data);
+    f.mount.sh_ok("touch big.bin");
+    let staging = f.mount.work_dir().join("cache/staging");
+    let mut writer = Command::new("timeout")
+        .args(["-s", "KILL", "120", "dd", "conv=notrunc", "bs=1M", "status=none"])
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", f.mount.join("big.bin").display()))
+        .spawn()
+        .expect("dd runs");
+    // Paused (SIGSTOP) once all the bytes are in the staging file, before dd's close uploads them.
+    let staged = || {
+        std::fs::read_dir(&staging)
+            .map(|d| d.flatten().any(|e| e.metadata().map(|m| m.len()).unwrap_or(0) == size as u64))
+            .unwrap_or(false)
+    };
+    assert!(wait_until(Duration::from_secs(60), staged), "the bytes reach the staging file");
+    // Opened now: while the server is paused, a path lookup would wait for it; the descriptor does not.
+    let opened = std::fs::File::open(f.mount.join("big.bin")).expect("open big.bin");
+    let paused: Vec<i32> = std::iter::once(f.server.pid()).chain(f.server.children().iter().map(|c| c.pid)).collect();
+    for pid in &paused {
+        // SAFETY: kill(2) of processes this test started (the server and its connection processes).
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let resume = || {
+        for pid in &paused {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    };
+    let uploading =
+        wait_until(Duration::from_secs(30), || mount_cli(&["status", &point]).1.contains("uploading /big.bin"));
+    let (_, during) = mount_cli(&["status", &point]);
+    let state = fd_xattr(&opened, "user.netdisk.state");
+    resume();
+    assert!(uploading, "status lists the upload: {during}");
+    assert!(during.contains(&format!("of {}.0 MiB (", size >> 20)) && during.contains("NOT CONNECTED"), "{during}");
+    let state = state.unwrap_or_default();
+    assert!(state.starts_with("uploading ") && state.contains(&format!("of {size} bytes")), "state: {state}");
+
+    assert!(writer.wait().expect("dd ends").success(), "dd completes once the server is back");
+    let (_, after) = mount_cli(&["status"]);
+    assert!(after.contains(&point) && after.contains("uploads: none in progress"), "{after}");
+    assert_eq!(xattr(&f, "user.netdisk.state", "big.bin").as_deref(), Some("complete"));
+    assert_eq!(xattr(&f, "user.netdisk.md5", "big.bin"), Some(netdisk_e2e::netdisk_protocol::md5_hex(&data)));
+    assert!(f.mount.sh_ok("getfattr -d -m - big.bin").contains("user.netdisk.md5="), "listed by getfattr -d");
+    assert_eq!(xattr(&f, "user.other", "big.bin"), None);
+    assert!(!mount_cli(&["status", "/tmp"]).0, "status of a directory that is not a netdisk mount fails");
+}
