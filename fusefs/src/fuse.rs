@@ -23,12 +23,22 @@ const MAX_IO: u32 = 1 << 20;
 pub struct FuseFs {
     fs: Arc<NetFs>,
     rt: Handle,
+    view: View,
+}
+
+/// How attributes are shown to the kernel.
+#[derive(Clone, Copy)]
+struct View {
+    /// How long the kernel may keep them.
     ttl: Duration,
+    /// `-o uid=,gid=`: the owner shown for every file instead of the stored one.
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<NetFs>, rt: Handle, ttl: Duration) -> FuseFs {
-        FuseFs { fs, rt, ttl }
+    pub fn new(fs: Arc<NetFs>, rt: Handle, ttl: Duration, owner: (Option<u32>, Option<u32>)) -> FuseFs {
+        FuseFs { fs, rt, view: View { ttl, uid: owner.0, gid: owner.1 } }
     }
 }
 
@@ -93,7 +103,7 @@ fn file_type(kind: NodeKind) -> FileType {
     }
 }
 
-fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+fn file_attr(ino: u64, a: &Attr, view: View) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: a.size,
@@ -105,8 +115,8 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: view.uid.unwrap_or(a.uid),
+        gid: view.gid.unwrap_or(a.gid),
         rdev: a.rdev as u32,
         // cp and friends size their buffers by st_blksize: large requests make a remote file system fast.
         blksize: MAX_IO,
@@ -145,10 +155,10 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, view) = (self.fs.clone(), self.view);
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => reply.entry(&view.ttl, &file_attr(e.ino, &e.attr, view), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -159,10 +169,10 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, view) = (self.fs.clone(), self.view);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(e) => reply.attr(&ttl, &file_attr(e.ino, &e.attr)),
+                Ok(e) => reply.attr(&view.ttl, &file_attr(e.ino, &e.attr, view)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -194,10 +204,10 @@ impl Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let (fs, ttl, pid) = (self.fs.clone(), self.ttl, req.pid());
+        let (fs, view, pid) = (self.fs.clone(), self.view, req.pid());
         self.rt.spawn(async move {
             match fs.setattr(ino.0, changes, pid).await {
-                Ok(e) => reply.attr(&ttl, &file_attr(e.ino, &e.attr)),
+                Ok(e) => reply.attr(&view.ttl, &file_attr(e.ino, &e.attr, view)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -224,10 +234,10 @@ impl Filesystem for FuseFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let perm = mode & !umask & 0o7777;
-        let (fs, ttl, owner) = (self.fs.clone(), self.ttl, owner(req));
+        let (fs, view, owner) = (self.fs.clone(), self.view, owner(req));
         self.rt.spawn(async move {
             match fs.mknod(parent.0, &name, kind, perm, rdev as u64, owner).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => reply.entry(&view.ttl, &file_attr(e.ino, &e.attr, view), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -235,10 +245,10 @@ impl Filesystem for FuseFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        let (fs, ttl, owner) = (self.fs.clone(), self.ttl, owner(req));
+        let (fs, view, owner) = (self.fs.clone(), self.view, owner(req));
         self.rt.spawn(async move {
             match fs.mkdir(parent.0, &name, mode & !umask & 0o7777, owner).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => reply.entry(&view.ttl, &file_attr(e.ino, &e.attr, view), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -269,10 +279,10 @@ impl Filesystem for FuseFs {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        let (fs, ttl, owner) = (self.fs.clone(), self.ttl, owner(req));
+        let (fs, view, owner) = (self.fs.clone(), self.view, owner(req));
         self.rt.spawn(async move {
             match fs.symlink(parent.0, &name, &target, owner).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => reply.entry(&view.ttl, &file_attr(e.ino, &e.attr, view), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -305,10 +315,10 @@ impl Filesystem for FuseFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, view) = (self.fs.clone(), self.view);
         self.rt.spawn(async move {
             match fs.link(ino.0, newparent.0, &newname).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => reply.entry(&view.ttl, &file_attr(e.ino, &e.attr, view), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -343,12 +353,16 @@ impl Filesystem for FuseFs {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             return reply.error(Errno::EINVAL);
         }
-        let (fs, ttl, owner, pid) = (self.fs.clone(), self.ttl, owner(req), req.pid());
+        let (fs, view, owner, pid) = (self.fs.clone(), self.view, owner(req), req.pid());
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, owner, pid).await {
-                Ok((e, fh)) => {
-                    reply.created(&ttl, &file_attr(e.ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty())
-                }
+                Ok((e, fh)) => reply.created(
+                    &view.ttl,
+                    &file_attr(e.ino, &e.attr, view),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -10,8 +10,10 @@ mod handles;
 mod inode;
 mod local;
 mod running_md5;
+mod settings;
 mod status;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,35 +29,84 @@ use crate::client::{Credentials, Remote};
     name = "netdisk-mount",
     version,
     about = "Mount a netdisk store as a directory",
-    after_help = "See what a mount is doing: netdisk-mount status [MOUNTPOINT...] [--watch SECS]"
+    after_help = "Settings come from the command line, then the config file, then the defaults. The password comes \
+from NETDISK_PASSWORD, else the password file (never the command line).\n\n\
+As a mount helper (installed as /sbin/mount.fuse.netdisk): mount -t fuse.netdisk USER@HOST:PORT MOUNTPOINT \
+-o password_file=FILE,... ; in /etc/fstab: USER@HOST:PORT MOUNTPOINT fuse.netdisk password_file=FILE,_netdev 0 0\n\n\
+See what a mount is doing: netdisk-mount status [MOUNTPOINT...] [--watch SECS]"
 )]
 struct Cli {
-    /// Server address, e.g. 127.0.0.1:7420.
-    #[arg(long, required_unless_present = "local", conflicts_with = "local")]
+    /// Server address, e.g. 192.0.2.10:7420 (or `server =` in the config file).
+    #[arg(long, conflicts_with = "local")]
     server: Option<String>,
-    /// User name on the server (the password comes from NETDISK_PASSWORD).
-    #[arg(long, required_unless_present = "local", conflicts_with = "local")]
+    /// User name on the server (or `user =` in the config file).
+    #[arg(long, conflicts_with = "local")]
     user: Option<String>,
     /// Zero set-up: run a netdisk-server on loopback with its data in this directory, and mount it.
     #[arg(long, value_name = "DIR")]
     local: Option<PathBuf>,
     /// Where the directory appears (created if missing).
     mountpoint: PathBuf,
+    /// TOML file with any of: server, user, password_file, cache_dir, cache_size_mib, timeout, attr_timeout,
+    /// connections, log_file [default: $XDG_CONFIG_HOME/netdisk/mount.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// File whose first line is the password; it must not be readable by group or others (chmod 600).
+    /// NETDISK_PASSWORD, when set, is used instead.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
     /// Local directory for staged writes and cached blocks [default: $XDG_CACHE_HOME/netdisk or ~/.cache/netdisk].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Most bytes of downloaded blocks kept in the cache directory, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    cache_size_mib: u64,
-    /// Seconds a server call may take before it fails with EIO.
-    #[arg(long, default_value_t = 30)]
-    timeout: u64,
-    /// Seconds attributes and names are trusted before asking the server again (the bound on seeing other clients' changes).
-    #[arg(long, default_value_t = 1.0)]
-    attr_timeout: f64,
-    /// Connections to the server (parallel requests and chunk uploads).
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    /// Most bytes of downloaded blocks kept in the cache directory, in MiB [default: 1024].
+    #[arg(long)]
+    cache_size_mib: Option<u64>,
+    /// Seconds a server call may take before it fails with EIO [default: 30].
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Seconds attributes and names are trusted before asking the server again (the bound on seeing other
+    /// clients' changes) [default: 1].
+    #[arg(long)]
+    attr_timeout: Option<f64>,
+    /// Connections to the server (parallel requests and chunk uploads) [default: 8].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Append the log here instead of writing it to stderr (RUST_LOG sets the detail, e.g. debug).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Go to the background once the mount is live; exit non-zero, with the reason, if it cannot mount.
+    #[arg(long)]
+    daemon: bool,
+    /// Mount options, comma-separated as in fstab: ro, rw, allow_other, uid=N, gid=N (the owner shown for every
+    /// file), any setting above as name=value (password_file=FILE, ...); default_permissions, _netdev, noauto,
+    /// nofail, x-systemd.* and the like are accepted and ignored.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+}
+
+impl Cli {
+    fn given(self) -> anyhow::Result<settings::Given> {
+        let mut given = settings::Given {
+            server: self.server,
+            user: self.user,
+            local: self.local,
+            mountpoint: self.mountpoint,
+            config: self.config,
+            password_file: self.password_file,
+            cache_dir: self.cache_dir,
+            cache_size_mib: self.cache_size_mib,
+            timeout: self.timeout,
+            attr_timeout: self.attr_timeout,
+            connections: self.connections,
+            log_file: self.log_file,
+            daemon: self.daemon,
+            ..settings::Given::default()
+        };
+        for list in &self.options {
+            given.apply_options(list)?;
+        }
+        Ok(given)
+    }
 }
 
 /// `netdisk-mount status`: what mounts are doing, read from their root's `user.netdisk.status` attribute.
@@ -109,25 +160,148 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 2 * 1024 * 1024);
     }
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    if args.get(1).is_some_and(|a| a == "status") {
+        init_logging(false);
+        exit_on_error(status_command(StatusCli::parse_from(&args[1..])), None);
+        return;
+    }
+    let program = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    let given = if program.is_some_and(|p| p.starts_with("mount.")) {
+        settings::Given::from_helper_args(&args[1..])
+    } else {
+        Cli::parse().given()
+    };
+    let settings = match given.and_then(settings::Given::resolve) {
+        Ok(s) => s,
+        Err(e) => return exit_on_error(Err(e), None),
+    };
+    if let Some(path) = &settings.log_file {
+        if let Err(e) = log_to(path) {
+            return exit_on_error(Err(e), None);
+        }
+    }
+    // Before any thread exists: the daemon is a fork of this process.
+    let mut ready = None;
+    if settings.daemon {
+        match daemonize(settings.log_file.is_some()) {
+            Ok(pipe) => ready = Some(pipe),
+            Err(e) => return exit_on_error(Err(e), None),
+        }
+    }
+    init_logging(settings.log_file.is_some() || settings.daemon);
+    let result = run(settings, &mut ready);
+    exit_on_error(result, ready);
+}
+
+fn init_logging(to_file: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fuser=error".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
-        status_command(StatusCli::parse_from(std::env::args_os().skip(1)))
-    } else {
-        run(Cli::parse())
-    };
-    if let Err(e) = result {
-        eprintln!("netdisk-mount: {e:#}");
-        std::process::exit(1);
+}
+
+/// Reports a failure (to the waiting parent of a daemon, else on stderr) and exits 1.
+fn exit_on_error(result: anyhow::Result<()>, ready: Option<std::fs::File>) {
+    let Err(e) = result else { return };
+    tracing::error!("{e:#}");
+    match ready {
+        Some(mut pipe) => {
+            let _ = writeln!(pipe, "error {e:#}");
+        }
+        None => eprintln!("netdisk-mount: {e:#}"),
+    }
+    std::process::exit(1);
+}
+
+/// Sends the log (stderr) to `path`, appended.
+fn log_to(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    redirect(&file, 2)?;
+    Ok(())
+}
+
+/// dup2(2): descriptor `target` (0, 1 or 2) now refers to what `file` refers to.
+fn redirect(file: &std::fs::File, target: i32) -> std::io::Result<()> {
+    // SAFETY: `file` is open for the duration of the call; dup2 only replaces descriptor `target`.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(file), target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Forks. The parent waits until the child reports the mount live (then prints the child's line and exits 0)
+/// or failed (prints the reason, exits 1). The child goes on in a new session, stdin and stdout (and stderr
+/// unless a log file took it) on /dev/null, and gets the pipe to report on. Runs before any thread exists.
+fn daemonize(logging_to_file: bool) -> anyhow::Result<std::fs::File> {
+    use std::io::Read;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: no other thread exists yet (main calls this before starting any), so the child may go on.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(write);
+            let mut report = String::new();
+            std::fs::File::from(read).read_to_string(&mut report)?;
+            if let Some(line) = report.strip_prefix("ok ") {
+                print!("{line}");
+                std::process::exit(0);
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            let reason = report.strip_prefix("error ").unwrap_or("the mount process ended before mounting");
+            eprintln!("netdisk-mount: {}", reason.trim_end());
+            std::process::exit(1);
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            nix::unistd::setsid()?;
+            let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            redirect(&null, 0)?;
+            redirect(&null, 1)?;
+            if !logging_to_file {
+                redirect(&null, 2)?;
+            }
+            Ok(std::fs::File::from(write))
+        }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// The mount is live: tell whoever waits (the parent of a daemon, systemd with Type=notify, or stdout).
+fn report_ready(ready: &mut Option<std::fs::File>, line: &str) {
+    match ready.take() {
+        Some(mut pipe) => {
+            let _ = writeln!(pipe, "ok {line}");
+        }
+        None => println!("{line}"),
+    }
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_systemd(&socket, "READY=1");
+    }
+}
+
+/// sd_notify(3): one datagram to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace).
+fn notify_systemd(socket: &std::ffi::OsStr, message: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(socket)),
+    };
+    let sent = UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(message.as_bytes(), &a)));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
     // Block the stop signals before any thread starts, so that only the waiting thread below receives them.
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGINT);
@@ -135,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     stop_signals.add(Signal::SIGHUP);
     stop_signals.thread_block()?;
 
-    let mountpoint = cli.mountpoint.clone();
+    let mountpoint = settings.mountpoint.clone();
     clear_stale_mount(&mountpoint);
     if !mountpoint.exists() {
         std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
@@ -145,51 +319,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let mut local_server = None;
-    let credentials = match &cli.local {
+    let credentials = match &settings.local {
         Some(dir) => {
             let server = local::LocalServer::start(dir)?;
             let credentials = server.credentials.clone();
             local_server = Some(server);
             credentials
         }
-        None => Credentials {
-            addr: cli.server.clone().expect("clap requires --server"),
-            user: cli.user.clone().expect("clap requires --user"),
-            password: std::env::var("NETDISK_PASSWORD").context("set NETDISK_PASSWORD to the user's password")?,
-        },
+        None => {
+            Credentials { addr: settings.server.clone(), user: settings.user.clone(), password: settings.password()? }
+        }
     };
 
-    let cache_root = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let cache_root = settings.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let staging_dir = cache_root.join("staging");
     std::fs::create_dir_all(&staging_dir).with_context(|| format!("cannot create {}", staging_dir.display()))?;
     let blocks_dir = cache_root.join(format!("blocks-{}", std::process::id()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
-    let timeout = Duration::from_secs(cli.timeout.max(1));
-    let (remote, login) =
-        runtime.block_on(Remote::connect(credentials.clone(), cli.connections, timeout)).map_err(|e| {
-            match e.code() {
-                Some(netdisk_protocol::ErrorCode::AuthFailed) => {
-                    anyhow::anyhow!("the server at {} refused the login of user {}", credentials.addr, credentials.user)
-                }
-                _ => anyhow::anyhow!("cannot reach the server at {}: {e}", credentials.addr),
+    let timeout = Duration::from_secs(settings.timeout.max(1));
+    let (remote, login) = runtime
+        .block_on(Remote::connect(credentials.clone(), settings.connections, timeout))
+        .map_err(|e| match e.code() {
+            Some(netdisk_protocol::ErrorCode::AuthFailed) => {
+                anyhow::anyhow!("the server at {} refused the login of user {}", credentials.addr, credentials.user)
             }
+            _ => anyhow::anyhow!("cannot reach the server at {}: {e}", credentials.addr),
         })?;
     tracing::info!(server = %credentials.addr, user = %credentials.user, "logged in");
 
-    let ttl = Duration::from_secs_f64(cli.attr_timeout.max(0.0));
-    let cache = cache::Cache::new(blocks_dir.clone(), cli.cache_size_mib << 20)?;
+    let ttl = Duration::from_secs_f64(settings.attr_timeout.max(0.0));
+    let cache = cache::Cache::new(blocks_dir.clone(), settings.cache_size_mib << 20)?;
     let config = fs::Config {
         ttl,
         user: credentials.user.clone(),
         server: credentials.addr.clone(),
         cache_dir: cache_root.clone(),
-        cache_limit: cli.cache_size_mib << 20,
+        cache_limit: settings.cache_size_mib << 20,
         staging_dir,
-        upload_parallelism: cli.connections.max(1),
+        upload_parallelism: settings.connections.max(1),
     };
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
-    let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl);
+    let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl, (settings.uid, settings.gid));
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -198,7 +369,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];
+    if settings.read_only {
+        options.mount_options.push(fuser::MountOption::RO);
+    }
     options.n_threads = Some(4);
+    if settings.allow_other {
+        options.acl = fuser::SessionACL::All;
+    }
     if nix::unistd::geteuid().is_root() {
         options.acl = fuser::SessionACL::All;
         options.mount_options.push(fuser::MountOption::Dev);
@@ -208,7 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let background = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
-    println!("mounted {} on {}", credentials.addr, mountpoint.display());
+    report_ready(ready, &format!("mounted {} on {}", credentials.addr, mountpoint.display()));
 
     // A stop signal unmounts; the session then ends as it does after an external `fusermount3 -u`.
     let signal_mountpoint = mountpoint.clone();

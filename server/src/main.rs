@@ -59,6 +59,10 @@ enum Command {
         /// (survives any crash of netdisk's processes; a power loss may undo the last changes, and a file completed just before may read back wrong: fsck finds it).
         #[arg(long, value_enum, default_value_t = blobs::Durability::Full)]
         durability: blobs::Durability,
+        /// Append the log here instead of writing it to stderr (RUST_LOG sets the detail, e.g. debug). One line per
+        /// connection when it ends: peer, user, requests, bytes in and out, duration.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
     },
     /// Check a data directory for damage and report every problem found (read-only; safe while a server runs).
     ///
@@ -191,13 +195,27 @@ fn human(bytes: u64) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut to_file = false;
+    if let Command::Serve { log_file: Some(path), .. } = &cli.command {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the log file {}", path.display()))?;
+        // SAFETY: `file` is open during the call; dup2 only replaces descriptor 2 (stderr), before any thread.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), 2) } < 0 {
+            bail!("cannot log to {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        to_file = true;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
-        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size, durability } => {
+    match cli.command {
+        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size, durability, .. } => {
             if !(netdisk_protocol::MIN_CHUNK_SIZE..=netdisk_protocol::MAX_CHUNK_SIZE).contains(&chunk_size) {
                 bail!(
                     "--chunk-size must be between {} and {}",

@@ -440,3 +440,207 @@ fn status_and_extended_attributes_show_uploads() {
     assert_eq!(xattr(&f, "user.other", "big.bin"), None);
     assert!(!mount_cli(&["status", "/tmp"]).0, "status of a directory that is not a netdisk mount fails");
 }
+
+/// Unmounts (lazily) a mount made by a daemon or by mount(8) when the test ends, also when it fails; the
+/// daemon then exits by itself.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A directory with a mount point, a cache directory and a private password file holding `password`.
+struct Place {
+    dir: tempfile::TempDir,
+}
+
+impl Place {
+    fn new(password: &str) -> Place {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Place { dir }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().expect("utf-8").to_string()
+    }
+}
+
+/// `netdisk-mount ARGS` without NETDISK_PASSWORD in its environment, bounded.
+fn netdisk_mount(args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "30"])
+        .arg(netdisk_e2e::mount::mount_bin())
+        .args(args)
+        .env_remove("NETDISK_PASSWORD")
+        .output()
+        .expect("netdisk-mount runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn daemon_returns_once_the_mount_is_live_and_reports_failures() {
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    let addr = server.addr().to_string();
+    let place = Place::new("pw");
+    let mnt = place.path("mnt");
+    let _unmount = Unmount(mnt.clone().into());
+    let base = ["--daemon", "--server", &addr, "--user", "ann", "--cache-dir"];
+    let (ok, out) =
+        netdisk_mount(&[&base[..], &[&place.path("cache"), "--password-file", &place.path("pw"), &mnt]].concat());
+    assert!(ok && out.starts_with("mounted "), "{out}");
+    assert!(is_mounted(Path::new(&mnt)), "live when --daemon returns");
+    std::fs::write(place.dir.path().join("mnt/f"), b"hello").expect("write through the daemon's mount");
+    assert_eq!(server.login("ann", "pw").read_file("/f").expect("on the server"), b"hello");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+
+    // A wrong password, a password file others can read, no password: a non-zero exit that says why.
+    let wrong = Place::new("not-the-password");
+    let (ok, out) = netdisk_mount(
+        &[&base[..], &[&wrong.path("cache"), "--password-file", &wrong.path("pw"), &wrong.path("mnt")]].concat(),
+    );
+    assert!(!ok && out.contains("refused the login of user ann"), "{out}");
+    assert!(!is_mounted(&wrong.dir.path().join("mnt")));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(wrong.path("pw"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, out) = netdisk_mount(
+        &[&base[..], &[&wrong.path("cache"), "--password-file", &wrong.path("pw"), &wrong.path("mnt")]].concat(),
+    );
+    assert!(!ok && out.contains("chmod 600"), "{out}");
+    let (ok, out) = netdisk_mount(&[&base[..], &[&wrong.path("cache"), &wrong.path("mnt")]].concat());
+    assert!(!ok && out.contains("no password"), "{out}");
+}
+
+#[test]
+fn the_command_line_overrides_the_config_file_and_mount_options_apply() {
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    server.login("ann", "pw").upload("/f", b"data", 0o644).expect("upload");
+    let place = Place::new("pw");
+    let mnt = place.path("mnt");
+    let _unmount = Unmount(mnt.clone().into());
+    // The file names a server nobody listens on; the command line's wins. User and password come from the file.
+    let config = place.path("mount.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"127.0.0.1:1\"\nuser = \"ann\"\npassword_file = \"{}\"\ncache_dir = \"{}\"\n",
+            place.path("pw"),
+            place.path("cache")
+        ),
+    )
+    .unwrap();
+    let addr = server.addr().to_string();
+    let (ok, out) = netdisk_mount(&[
+        "--daemon",
+        "--config",
+        &config,
+        "--server",
+        &addr,
+        "-o",
+        "ro,uid=1234,gid=5678,_netdev",
+        &mnt,
+    ]);
+    assert!(ok, "{out}");
+    let (_, status) = mount_cli(&["status", &mnt]);
+    assert!(status.contains(&format!("ann@{addr}")), "{status}");
+    let shown = Command::new("stat").args(["-c", "%u:%g"]).arg(format!("{mnt}/f")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), "1234:5678", "uid= and gid= set the owner shown");
+    let touch = Command::new("touch").arg(format!("{mnt}/new")).output().unwrap();
+    assert!(String::from_utf8_lossy(&touch.stderr).contains("Read-only file system"), "ro refuses changes");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+
+    // Without the override the file's server is used, and fails clearly.
+    let (ok, out) = netdisk_mount(&["--daemon", "--config", &config, &mnt]);
+    assert!(!ok && out.contains("cannot reach the server at 127.0.0.1:1"), "{out}");
+}
+
+/// `mount -t fuse.netdisk` runs /sbin/mount.fuse.netdisk: a link to netdisk-mount, which then follows mount(8)'s
+/// helper convention and returns once the mount is live. The link is made for the test (and removed) unless one
+/// exists already.
+#[test]
+fn mount_t_fuse_netdisk_uses_the_helper() {
+    let helper = Path::new("/sbin/mount.fuse.netdisk");
+    struct Link(Option<&'static Path>);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _link = if helper.symlink_metadata().is_ok() {
+        Link(None)
+    } else {
+        std::os::unix::fs::symlink(netdisk_e2e::mount::mount_bin(), helper).expect("link the helper into /sbin");
+        Link(Some(Path::new("/sbin/mount.fuse.netdisk")))
+    };
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    let place = Place::new("pw");
+    let mnt = place.path("mnt");
+    let _unmount = Unmount(mnt.clone().into());
+    let options = format!(
+        "password_file={},cache_dir={},allow_other,_netdev,attr_timeout=1",
+        place.path("pw"),
+        place.path("cache")
+    );
+    let source = format!("ann@{}", server.addr());
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "30", "mount", "-t", "fuse.netdisk", "-o", &options, &source, &mnt])
+        .env_remove("NETDISK_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount -t fuse.netdisk: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(Path::new(&mnt)));
+    std::fs::write(format!("{mnt}/via-mount"), b"x").unwrap();
+    assert_eq!(server.login("ann", "pw").read_file("/via-mount").expect("on the server"), b"x");
+    let (_, status) = mount_cli(&["status"]);
+    assert!(status.contains(&mnt), "status finds a mount made by mount(8): {status}");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}
+
+/// With systemd's `Type=notify`, `READY=1` arrives once the mount is live.
+#[test]
+fn systemd_is_told_when_the_mount_is_ready() {
+    let server = Server::start_default();
+    server.add_user("ann", "pw");
+    let place = Place::new("pw");
+    let mnt = place.path("mnt");
+    let socket_path = place.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: SIGTERM to the mount process this test started; it unmounts and exits.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let _unmount = Unmount(mnt.clone().into());
+    let child = Command::new(netdisk_e2e::mount::mount_bin())
+        .args(["--server", &server.addr().to_string(), "--user", "ann", "--password-file", &place.path("pw")])
+        .args(["--cache-dir", &place.path("cache"), "--log-file", &place.path("mount.log"), &mnt])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("NETDISK_PASSWORD")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _stop = Stop(child);
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("a notification within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(is_mounted(Path::new(&mnt)), "mounted when READY=1 arrives");
+    let log = std::fs::read_to_string(place.path("mount.log")).unwrap();
+    assert!(log.contains("mounted"), "--log-file holds the log: {log}");
+}
