@@ -28,6 +28,8 @@ pub struct Config {
     pub chunk_size: u32,
     pub timeouts: Timeouts,
     pub durability: crate::blobs::Durability,
+    /// Bytes of the disk that uploads leave free (for the metadata).
+    pub reserve: u64,
 }
 
 const LISTENER: u64 = 0;
@@ -203,13 +205,14 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
             return 1;
         }
     };
-    let mut session = match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the session");
-            return 1;
-        }
-    };
+    let mut session =
+        match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability, config.reserve) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the session");
+                return 1;
+            }
+        };
     let mut conn = match Conn::new(stream, config.timeouts) {
         Ok(c) => c,
         Err(e) => {

@@ -58,6 +58,10 @@ enum Command {
         /// (survives any crash of netdisk's processes; a power loss may undo the last changes, never half-apply them).
         #[arg(long, value_enum, default_value_t = blobs::Durability::Full)]
         durability: blobs::Durability,
+        /// MiB of the data directory's disk that uploads leave free, kept for the metadata so that a full store can
+        /// still delete files [default: 5% of the disk, at most 64].
+        #[arg(long, value_name = "MIB")]
+        reserve_mib: Option<u64>,
     },
     /// Check a data directory for damage and report every problem found (read-only; safe while a server runs).
     ///
@@ -105,7 +109,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size, durability } => {
+        Command::Serve {
+            data,
+            listen,
+            max_children,
+            idle_timeout,
+            stall_timeout,
+            chunk_size,
+            durability,
+            reserve_mib,
+        } => {
             if !(netdisk_protocol::MIN_CHUNK_SIZE..=netdisk_protocol::MAX_CHUNK_SIZE).contains(&chunk_size) {
                 bail!(
                     "--chunk-size must be between {} and {}",
@@ -117,17 +130,22 @@ fn main() -> anyhow::Result<()> {
                 bail!("--max-children, --idle-timeout and --stall-timeout must be positive");
             }
             prepare_data_dir(&data)?;
+            let reserve = match reserve_mib {
+                Some(mib) => mib << 20,
+                None => blobs::default_reserve(&data)
+                    .with_context(|| format!("cannot measure the disk of {}", data.display()))?,
+            };
             let listener = TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {addr}")?;
             out.flush()?;
             drop(out);
-            tracing::info!(%addr, data = %data.display(), "serving");
+            tracing::info!(%addr, data = %data.display(), reserve, "serving");
             let timeouts =
                 Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
             listener::serve(
-                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability },
+                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability, reserve },
                 listener,
             )
         }
