@@ -144,6 +144,32 @@ impl Blobs {
             self.remove(*id);
         }
     }
+
+    /// Every file under `blobs/` named as a blob (`xx/ID`), with its id. Other files are left out (fsck names them).
+    pub fn all(&self) -> io::Result<Vec<(i64, PathBuf)>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.root)? {
+            let dir = dir?;
+            let Some(shard) = dir.file_name().to_str().map(str::to_owned) else { continue };
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                if let Some(id) = file.file_name().to_str().and_then(|name| blob_id(&shard, name)) {
+                    out.push((id, file.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The physical file a blob's name gives: `xx/ID`, a positive decimal id without leading zeros in the directory
+/// named by its low byte in two lowercase hex digits; `None` for any other name.
+pub fn blob_id(shard: &str, name: &str) -> Option<i64> {
+    let id = name.parse::<i64>().ok().filter(|id| *id > 0 && id.to_string() == name)?;
+    (format!("{:02x}", id & 0xff) == shard).then_some(id)
 }
 
 /// The default reserve for a data directory: 5% of its file system, at most [`DEFAULT_RESERVE_MAX`].

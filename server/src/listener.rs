@@ -30,6 +30,8 @@ pub struct Config {
     pub durability: crate::blobs::Durability,
     /// Bytes of the disk that uploads leave free (for the metadata).
     pub reserve: u64,
+    /// The data directory's lock (recovery.rs): held by the parent only, so it ends with the parent.
+    pub lock_fd: std::os::fd::RawFd,
 }
 
 const LISTENER: u64 = 0;
@@ -115,6 +117,7 @@ fn accept_all(
                 let _ = nix::unistd::close(listener.as_raw_fd());
                 let _ = nix::unistd::close(epoll.0.as_raw_fd());
                 let _ = nix::unistd::close(signal_fd.as_raw_fd());
+                let _ = nix::unistd::close(config.lock_fd);
                 let _ = handled_signals().thread_unblock();
                 let code = run_child(config, stream, peer);
                 std::process::exit(code);

@@ -8,6 +8,7 @@ mod fsck;
 mod handler;
 mod listener;
 mod meta;
+mod recovery;
 mod splice;
 mod users;
 
@@ -34,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the store in a data directory (created if missing).
+    /// Serve the store in a data directory (created if missing). One server per data directory (DATA/serve.lock);
+    /// at start it reclaims what a crash left (unfinished physical files no upload binds, blobs without a row).
     Serve {
         /// Directory holding the database (meta.db) and the file contents (blobs/).
         #[arg(long)]
@@ -76,6 +78,8 @@ enum Command {
     /// 2 the directory could not be checked. Nothing is changed: the database is opened read-only and read in one
     /// read transaction, blobs are only read. A problem a running server may be passing through for an instant
     /// (a blob being removed after a commit) is reported only if a second look at the end still finds it.
+    /// After a crash it also reports the residue a server start reclaims (unfinished physical files no upload binds,
+    /// blobs without a row): wasted space, not damage.
     /// Limits: chunk md5s are not stored, so the bytes of a chunk of an unfinished upload can only be checked for
     /// having been written (not a hole of the sparse blob); on a file system that stores runs of zeros as holes
     /// (ZFS with compression) an all-zero chunk would be reported.
@@ -130,6 +134,9 @@ fn main() -> anyhow::Result<()> {
                 bail!("--max-children, --idle-timeout and --stall-timeout must be positive");
             }
             prepare_data_dir(&data)?;
+            // One server per data directory; then what a crash left can be cleared before anyone connects.
+            let lock = recovery::lock(&data)?;
+            recovery::reclaim(&data, durability)?;
             let reserve = match reserve_mib {
                 Some(mib) => mib << 20,
                 None => blobs::default_reserve(&data)
@@ -144,8 +151,9 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(%addr, data = %data.display(), reserve, "serving");
             let timeouts =
                 Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
+            let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&*lock);
             listener::serve(
-                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability, reserve },
+                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability, reserve, lock_fd },
                 listener,
             )
         }
