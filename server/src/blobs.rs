@@ -12,7 +12,12 @@ use sha2::Sha256;
 pub struct Blobs {
     root: PathBuf,
     durability: Durability,
+    /// Bytes of the disk that uploads leave free (see [`Blobs::claim`]).
+    reserve: u64,
 }
+
+/// The disk space uploads leave free by default: 5% of the data directory's file system, at most 64 MiB.
+pub const DEFAULT_RESERVE_MAX: u64 = 64 << 20;
 
 /// What a successful answer promises about the bytes and records behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,7 +40,54 @@ const READ_BUF: usize = 1 << 20;
 
 impl Blobs {
     pub fn new(data_dir: &Path, durability: Durability) -> Blobs {
-        Blobs { root: data_dir.join("blobs"), durability }
+        Blobs { root: data_dir.join("blobs"), durability, reserve: 0 }
+    }
+
+    /// Uploads will leave `bytes` of the disk free.
+    pub fn with_reserve(mut self, bytes: u64) -> Blobs {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Bytes of the disk that uploads leave free.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// Bytes of the disk holding the blobs that an unprivileged writer may still use.
+    pub fn available(&self) -> io::Result<u64> {
+        let vfs = nix::sys::statvfs::statvfs(&self.root)?;
+        Ok(vfs.blocks_available() as u64 * vfs.fragment_size() as u64)
+    }
+
+    /// Claims the disk space of `len` bytes at `offset` of a blob before any byte of them is received, so that a
+    /// full disk refuses a chunk at once (ENOSPC) instead of in the middle of its transfer, and so that uploads
+    /// never take the last [reserve](Blobs::with_reserve) of the disk: that much stays free for the metadata,
+    /// so that a full store can still delete files (an SQLite commit needs room even to delete rows).
+    /// The reserve is checked after the space is allocated, so concurrent claims cannot all slip under it; a
+    /// refused claim gives its space back. (A claim refused while another connection receives the very same
+    /// chunk of the same content punches that one's bytes too: its CRC check or the final md5 check then fails
+    /// and the chunk is sent again; nothing wrong is ever sealed.) File systems without `fallocate` skip the claim.
+    pub fn claim(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        if len == 0 {
+            return Ok(());
+        }
+        match fallocate(file, FallocateFlags::empty(), offset as i64, len as i64) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let available = self.available()?;
+        if available >= self.reserve {
+            return Ok(());
+        }
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if let Err(e) = fallocate(file, punch, offset as i64, len as i64) {
+            tracing::warn!(error = %e, "cannot give back the space of a refused chunk");
+        }
+        tracing::warn!(available, reserve = self.reserve, len, "disk full: refusing to store more bytes");
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
     }
 
     /// `fdatasync` when durability asks for it.
@@ -93,6 +145,39 @@ impl Blobs {
             self.remove(*id);
         }
     }
+
+    /// Every file under `blobs/` named as a blob (`xx/ID`), with its id. Other files are left out (fsck names them).
+    pub fn all(&self) -> io::Result<Vec<(i64, PathBuf)>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.root)? {
+            let dir = dir?;
+            let Some(shard) = dir.file_name().to_str().map(str::to_owned) else { continue };
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                if let Some(id) = file.file_name().to_str().and_then(|name| blob_id(&shard, name)) {
+                    out.push((id, file.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The physical file a blob's name gives: `xx/ID`, a positive decimal id without leading zeros in the directory
+/// named by its low byte in two lowercase hex digits; `None` for any other name.
+pub fn blob_id(shard: &str, name: &str) -> Option<i64> {
+    let id = name.parse::<i64>().ok().filter(|id| *id > 0 && id.to_string() == name)?;
+    (format!("{:02x}", id & 0xff) == shard).then_some(id)
+}
+
+/// The default reserve for a data directory: 5% of its file system, at most [`DEFAULT_RESERVE_MAX`].
+pub fn default_reserve(data_dir: &Path) -> io::Result<u64> {
+    let vfs = nix::sys::statvfs::statvfs(data_dir)?;
+    let size = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+    Ok((size / 20).min(DEFAULT_RESERVE_MAX))
 }
 
 /// The ownership proof of a range: md5 of `nonce` then the bytes (see `netdisk_protocol::ownership_proof`).
@@ -281,6 +366,25 @@ mod tests {
         assert_eq!(range_proof(&f, "", 1, 3).unwrap(), netdisk_protocol::md5_hex(b"ell"));
         assert!(blobs.path(300).ends_with("2c/300"));
         assert!(hash_file(&f, 6).is_err());
+    }
+
+    #[test]
+    fn a_claim_allocates_its_range_or_gives_it_back_under_the_reserve() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let allocated = |f: &File| f.metadata().unwrap().blocks() * 512;
+        let roomy = Blobs::new(dir.path(), Durability::Normal);
+        let f = roomy.open_for_upload(1, 8 << 20).unwrap();
+        assert_eq!(allocated(&f), 0, "a new blob is sparse");
+        roomy.claim(&f, 1 << 20, 1 << 20).unwrap();
+        assert!(allocated(&f) >= 1 << 20, "the claimed range is allocated");
+        // A reserve larger than the disk: every claim is refused, and leaves nothing allocated behind.
+        let full = Blobs::new(dir.path(), Durability::Normal).with_reserve(u64::MAX);
+        let g = full.open_for_upload(2, 8 << 20).unwrap();
+        let err = full.claim(&g, 0, 4 << 20).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(allocated(&g), 0, "a refused claim gives its space back");
+        full.claim(&g, 0, 0).unwrap();
     }
 
     #[test]

@@ -714,9 +714,9 @@ impl<'a> Fsck<'a> {
                     }
                     if uploads == 0 {
                         let what = if resize {
-                            "an unfinished resize (left by an interrupted truncate, unless one is running)"
+                            "an unfinished resize (left by an interrupted truncate, unless one is running; a server start reclaims it)"
                         } else {
-                            "incomplete, but no upload is bound to it (orphan)"
+                            "incomplete, but no upload is bound to it (orphan: a crash's residue, which a server start reclaims)"
                         };
                         self.found.transient(Recheck::Unreferenced(p.id), format!("{label}: {what}"));
                     }
@@ -941,15 +941,12 @@ impl<'a> Fsck<'a> {
             for f in files {
                 let fname = f.file_name();
                 let rel = format!("blobs/{shard}/{}", fname.to_string_lossy());
-                let id = fname
-                    .to_str()
-                    .and_then(|s| s.parse::<i64>().ok().filter(|id| *id > 0 && id.to_string() == s))
-                    .filter(|id| format!("{:02x}", id & 0xff) == shard);
+                let id = fname.to_str().and_then(|name| blobs::blob_id(shard, name));
                 match id {
                     Some(id) if self.snap.pfiles.contains_key(&id) => {}
                     Some(id) => self.found.transient(
                         Recheck::UnknownBlob(f.path(), Some(id)),
-                        format!("{rel}: no physical file {id} in the database (a leftover blob)"),
+                        format!("{rel}: no physical file {id} in the database (a leftover blob, which a server start removes)"),
                     ),
                     None => self
                         .found

@@ -110,11 +110,17 @@ enum ChunkPlan {
 }
 
 impl Session {
-    pub fn new(mut meta: Meta, data_dir: PathBuf, chunk_size: u32, durability: Durability) -> Result<Session> {
+    pub fn new(
+        mut meta: Meta,
+        data_dir: PathBuf,
+        chunk_size: u32,
+        durability: Durability,
+        reserve: u64,
+    ) -> Result<Session> {
         meta.set_durability(durability)?;
         Ok(Session {
             meta,
-            blobs: Blobs::new(&data_dir, durability),
+            blobs: Blobs::new(&data_dir, durability).with_reserve(reserve),
             pipe: Pipe::new()?,
             data_dir,
             chunk_size,
@@ -306,10 +312,12 @@ impl Session {
             self.meta.check_file_target(user, &r.path)?;
             self.meta.check_quota(user, &r.path, r.size)?;
             let pfile = self.meta.new_pfile(user, &r.md5, r.size, self.chunk_size)?;
-            match self.blobs.open_for_upload(pfile.id, pfile.size) {
+            let opened = self.blobs.open_for_upload(pfile.id, pfile.size);
+            match opened.and_then(|file| self.blobs.claim(&file, 0, pfile.size).map(|()| file)) {
                 Ok(file) => Ok((pfile, file)),
                 Err(e) => {
                     self.meta.discard_pfile(pfile.id)?;
+                    self.blobs.remove(pfile.id);
                     Err(e.into())
                 }
             }
@@ -432,6 +440,7 @@ impl Session {
             return Ok(ChunkPlan::Skip);
         }
         let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
+        self.blobs.claim(&file, r.index as u64 * pfile.chunk_size as u64, payload_len)?;
         Ok(ChunkPlan::Receive { upload, pfile: Box::new(pfile), file })
     }
 
@@ -686,11 +695,13 @@ impl Session {
     fn statfs(&self, user: &User) -> Result<StatFsRes> {
         let vfs = nix::sys::statvfs::statvfs(&self.data_dir)?;
         let files = self.meta.node_count(user)?;
+        // The reserve uploads leave free is not available to users (as root's reserved blocks on ext4).
+        let reserved = self.blobs.reserve().div_ceil(vfs.fragment_size().max(1) as u64);
         Ok(StatFsRes {
             block_size: vfs.fragment_size() as u32,
             blocks: vfs.blocks() as u64,
             blocks_free: vfs.blocks_free() as u64,
-            blocks_available: vfs.blocks_available() as u64,
+            blocks_available: (vfs.blocks_available() as u64).saturating_sub(reserved),
             files: files + vfs.files_free() as u64,
             files_free: vfs.files_free() as u64,
             name_max: MAX_NAME as u32,

@@ -28,6 +28,10 @@ pub struct Config {
     pub chunk_size: u32,
     pub timeouts: Timeouts,
     pub durability: crate::blobs::Durability,
+    /// Bytes of the disk that uploads leave free (for the metadata).
+    pub reserve: u64,
+    /// The data directory's lock (recovery.rs): held by the parent only, so it ends with the parent.
+    pub lock_fd: std::os::fd::RawFd,
 }
 
 const LISTENER: u64 = 0;
@@ -113,6 +117,7 @@ fn accept_all(
                 let _ = nix::unistd::close(listener.as_raw_fd());
                 let _ = nix::unistd::close(epoll.0.as_raw_fd());
                 let _ = nix::unistd::close(signal_fd.as_raw_fd());
+                let _ = nix::unistd::close(config.lock_fd);
                 let _ = handled_signals().thread_unblock();
                 let code = run_child(config, stream, peer);
                 std::process::exit(code);
@@ -203,13 +208,14 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
             return 1;
         }
     };
-    let mut session = match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the session");
-            return 1;
-        }
-    };
+    let mut session =
+        match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability, config.reserve) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the session");
+                return 1;
+            }
+        };
     let mut conn = match Conn::new(stream, config.timeouts) {
         Ok(c) => c,
         Err(e) => {

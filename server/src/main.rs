@@ -9,6 +9,7 @@ mod fsck;
 mod handler;
 mod listener;
 mod meta;
+mod recovery;
 mod splice;
 mod users;
 
@@ -35,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the store in a data directory (created if missing).
+    /// Serve the store in a data directory (created if missing). One server per data directory (DATA/serve.lock);
+    /// at start it reclaims what a crash left (unfinished physical files no upload binds, blobs without a row).
     Serve {
         /// Directory holding the database (meta.db) and the file contents (blobs/).
         #[arg(long)]
@@ -63,6 +65,10 @@ enum Command {
         /// connection when it ends: peer, user, requests, bytes in and out, duration.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// MiB of the data directory's disk that uploads leave free, kept for the metadata so that a full store can
+        /// still delete files [default: 5% of the disk, at most 64].
+        #[arg(long, value_name = "MIB")]
+        reserve_mib: Option<u64>,
     },
     /// Check a data directory for damage and report every problem found (read-only; safe while a server runs).
     ///
@@ -77,6 +83,8 @@ enum Command {
     /// 2 the directory could not be checked. Nothing is changed: the database is opened read-only and read in one
     /// read transaction, blobs are only read. A problem a running server may be passing through for an instant
     /// (a blob being removed after a commit) is reported only if a second look at the end still finds it.
+    /// After a crash it also reports the residue a server start reclaims (unfinished physical files no upload binds,
+    /// blobs without a row): wasted space, not damage.
     /// Limits: the chunks of an unfinished upload that its running hash covers are checked against it; the bytes of
     /// a chunk that came early can only be checked for having been written (not a hole of the sparse blob); on a
     /// file system that stores runs of zeros as holes (ZFS with compression) an all-zero chunk would be reported.
@@ -215,7 +223,17 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve { data, listen, max_children, idle_timeout, stall_timeout, chunk_size, durability, .. } => {
+        Command::Serve {
+            data,
+            listen,
+            max_children,
+            idle_timeout,
+            stall_timeout,
+            chunk_size,
+            durability,
+            reserve_mib,
+            ..
+        } => {
             if !(netdisk_protocol::MIN_CHUNK_SIZE..=netdisk_protocol::MAX_CHUNK_SIZE).contains(&chunk_size) {
                 bail!(
                     "--chunk-size must be between {} and {}",
@@ -227,17 +245,26 @@ fn main() -> anyhow::Result<()> {
                 bail!("--max-children, --idle-timeout and --stall-timeout must be positive");
             }
             prepare_data_dir(&data)?;
+            // One server per data directory; then what a crash left can be cleared before anyone connects.
+            let lock = recovery::lock(&data)?;
+            recovery::reclaim(&data, durability)?;
+            let reserve = match reserve_mib {
+                Some(mib) => mib << 20,
+                None => blobs::default_reserve(&data)
+                    .with_context(|| format!("cannot measure the disk of {}", data.display()))?,
+            };
             let listener = TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {addr}")?;
             out.flush()?;
             drop(out);
-            tracing::info!(%addr, data = %data.display(), "serving");
+            tracing::info!(%addr, data = %data.display(), reserve, "serving");
             let timeouts =
                 Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
+            let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&*lock);
             listener::serve(
-                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability },
+                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability, reserve, lock_fd },
                 listener,
             )
         }

@@ -287,7 +287,14 @@ impl Meta {
         Ok(())
     }
 
+    /// Brings the schema to [`SCHEMA_VERSION`]. A database already there is only read: every connection process
+    /// opens the database, and on a full disk a write here (even of the same version) would fail every new
+    /// connection, leaving no way in to read files or delete some.
     fn migrate(&mut self) -> Result<()> {
+        let current: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -942,6 +949,28 @@ impl Meta {
             .optional()?;
         tx.commit()?;
         Ok(pfile.map(|p| (p, moved)))
+    }
+
+    /// Deletes the unfinished physical files that no upload binds and no node refers to: what a request that
+    /// died before sealing (a small file sent whole, a truncate's resized content) leaves. Only safe while no
+    /// request runs (a server starting, holding the data directory's lock; see recovery.rs). Returns their ids,
+    /// whose blobs go after the commit.
+    pub fn reclaim_orphans(&mut self) -> Result<Released> {
+        let tx = self.write()?;
+        let orphans: Vec<i64> = {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM pfiles p WHERE complete = 0
+                 AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.pfile_id = p.id)
+                 AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pfile_id = p.id)",
+            )?;
+            let ids = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            ids
+        };
+        for id in &orphans {
+            tx.execute("DELETE FROM pfiles WHERE id = ?", [id])?;
+        }
+        tx.commit()?;
+        Ok(orphans)
     }
 
     /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.

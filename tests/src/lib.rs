@@ -23,6 +23,8 @@ pub use netdisk_protocol;
 
 pub mod mount;
 pub mod sshfs;
+pub mod store;
+pub mod tmpfs;
 
 /// Read and write timeout of every client socket: nothing in a test can hang longer than this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +68,8 @@ pub struct ServerOpts {
     pub chunk_size: Option<u32>,
     /// `--durability full|normal`.
     pub durability: Option<&'static str>,
+    /// Serve this data directory (e.g. one on a small tmpfs) instead of a fresh one in the server's temporary directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ServerOpts {
@@ -87,6 +91,10 @@ impl ServerOpts {
     }
     pub fn chunk_size(mut self, bytes: u32) -> Self {
         self.chunk_size = Some(bytes);
+        self
+    }
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 }
@@ -163,6 +171,7 @@ pub struct Server {
     dir: tempfile::TempDir,
     data: PathBuf,
     log: PathBuf,
+    opts: ServerOpts,
     child: Option<Child>,
     pid: i32,
     addr: SocketAddr,
@@ -174,14 +183,40 @@ pub struct Server {
 impl Server {
     /// Starts a server on `127.0.0.1:0` with a fresh data directory and waits (at most 20 s) for `listening on`.
     pub fn start(opts: ServerOpts) -> Server {
-        let bin = server_bin();
         let dir = tempfile::Builder::new().prefix("netdisk-e2e-").tempdir().expect("a temporary directory");
-        let data = dir.path().join("data");
+        let data = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
         let log = dir.path().join("server.log");
-        let log_file = File::create(&log).expect("the server log file");
+        let mut server = Server {
+            dir,
+            data,
+            log,
+            opts,
+            child: None,
+            pid: 0,
+            addr: ([127, 0, 0, 1], 0).into(),
+            status: None,
+            seen_children: Vec::new(),
+        };
+        server.spawn("127.0.0.1:0");
+        server
+    }
 
+    /// Starts the server again after it exited (stopped or killed): same data directory, same address, same
+    /// options, its log appended to the same file. Panics if it is still running or cannot listen there.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of server pid {}, which is still running", self.pid);
+        self.status = None;
+        let listen = self.addr.to_string();
+        self.spawn(&listen);
+    }
+
+    /// Runs `netdisk-server serve` on `listen` and waits for its `listening on` line.
+    fn spawn(&mut self, listen: &str) {
+        let bin = server_bin();
+        let log_file = File::options().create(true).append(true).open(&self.log).expect("the server log file");
+        let opts = &self.opts;
         let mut cmd = Command::new(&bin);
-        cmd.arg("serve").arg("--data").arg(&data).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data").arg(&self.data).args(["--listen", listen]);
         if let Some(n) = opts.max_children {
             cmd.arg("--max-children").arg(n.to_string());
         }
@@ -199,7 +234,7 @@ impl Server {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let pid = child.id() as i32;
+        self.pid = child.id() as i32;
 
         // The first stdout line, read on a thread so that the wait has a deadline; the thread then drains stdout.
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -211,22 +246,13 @@ impl Server {
             let _ = tx.send(first);
             let _ = io::copy(&mut reader, &mut io::sink());
         });
+        self.child = Some(child);
 
-        let mut server = Server {
-            dir,
-            data,
-            log,
-            child: Some(child),
-            pid,
-            addr: ([127, 0, 0, 1], 0).into(),
-            status: None,
-            seen_children: Vec::new(),
-        };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
-            Ok(Err(e)) => panic!("reading the server's stdout: {e}\n{}", server.log_tail()),
+            Ok(Err(e)) => panic!("reading the server's stdout: {e}\n{}", self.log_tail()),
             Err(_) => {
-                panic!("the server printed no `listening on` line within {START_TIMEOUT:?}\n{}", server.log_tail())
+                panic!("the server printed no `listening on` line within {START_TIMEOUT:?}\n{}", self.log_tail())
             }
         };
         let addr = line
@@ -234,10 +260,9 @@ impl Server {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| {
-                panic!("the server's first stdout line is {line:?}, not `listening on IP:PORT`\n{}", server.log_tail())
+                panic!("the server's first stdout line is {line:?}, not `listening on IP:PORT`\n{}", self.log_tail())
             });
-        server.addr = addr;
-        server
+        self.addr = addr;
     }
 
     pub fn start_default() -> Server {
@@ -367,6 +392,34 @@ impl Server {
         }
     }
 
+    /// `kill -9` of the whole server: the parent (stopped first, so that it forks no more) and every process
+    /// descended from it (the connection processes). Returns once all of them are gone, with the pids of the
+    /// connection processes it killed.
+    pub fn kill_all(&mut self) -> Vec<i32> {
+        let Some(mut child) = self.child.take() else { return Vec::new() };
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        let connections: Vec<i32> = descendants_of(self.pid).iter().map(|p| p.pid).collect();
+        for pid in &connections {
+            // SAFETY: kill(2) on a process descended from the server this test started (the parent is stopped,
+            // so it cannot have reaped it and let the pid be reused).
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let status = child.wait().expect("reap the killed server");
+        self.status = Some(status);
+        // Orphaned by the parent's death, the connection processes are reaped by init.
+        let gone = wait_until(STOP_TIMEOUT, || connections.iter().all(|pid| proc_info(*pid).is_none()));
+        assert!(gone, "connection processes {connections:?} of the killed server are still there");
+        connections
+    }
+
+    /// What the server logged for every connection that ended (`connection closed` / `connection dropped`),
+    /// in the order they ended.
+    pub fn connection_ends(&self) -> Vec<ConnectionEnd> {
+        self.log().lines().filter_map(ConnectionEnd::parse).collect()
+    }
+
     /// `netdisk-server fsck` on this server's data directory (it may be running).
     pub fn fsck(&self) -> FsckRun {
         fsck(&self.data)
@@ -428,6 +481,40 @@ impl Drop for Server {
                 }
             }
         }
+    }
+}
+
+/// One `connection closed` / `connection dropped` line of the server's log: what a connection process moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionEnd {
+    /// `connection closed` (the peer went away) or not (`connection dropped`: timeout, hostile frame, i/o error).
+    pub closed: bool,
+    pub user: String,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl ConnectionEnd {
+    /// Parses `... connection closed user=ann requests=3 bytes_in=123 bytes_out=456 secs=0.1`.
+    pub fn parse(line: &str) -> Option<ConnectionEnd> {
+        let closed = line.contains("connection closed");
+        if !closed && !line.contains("connection dropped") {
+            return None;
+        }
+        let field = |name: &str| {
+            let key = format!(" {name}=");
+            let rest = &line[line.find(&key)? + key.len()..];
+            Some(rest.split_whitespace().next()?.to_string())
+        };
+        let number = |name: &str| field(name)?.parse::<u64>().ok();
+        Some(ConnectionEnd {
+            closed,
+            user: field("user")?,
+            requests: number("requests")?,
+            bytes_in: number("bytes_in")?,
+            bytes_out: number("bytes_out")?,
+        })
     }
 }
 

@@ -38,9 +38,7 @@ pub struct Mount {
 impl Mount {
     /// Mounts `user`'s tree of `server`.
     pub fn start(server: &Server, user: &str, password: &str) -> Mount {
-        let dir = tempfile::Builder::new().prefix("netdisk-mount-").tempdir().expect("a temporary directory");
-        std::fs::create_dir(dir.path().join("mnt")).expect("the mount point");
-        Mount::start_in(server, user, password, dir)
+        Mount::start_in(server, user, password, Mount::new_dir())
     }
 
     /// Mounts on `DIR/mnt` of a directory this guard takes over (e.g. one a killed mount left behind).
@@ -48,7 +46,7 @@ impl Mount {
         Mount::start_with(server, user, password, dir, &[])
     }
 
-    /// Like [`Mount::start_in`], with more `netdisk-mount` options.
+    /// Like [`Mount::start_in`], with more `netdisk-mount` options (`--timeout 1`, `--connections 2` ...).
     pub fn start_with(server: &Server, user: &str, password: &str, dir: tempfile::TempDir, args: &[&str]) -> Mount {
         let mut cmd = Command::new(mount_bin());
         cmd.arg("--server").arg(server.addr().to_string()).arg("--user").arg(user).env("NETDISK_PASSWORD", password);
@@ -56,13 +54,18 @@ impl Mount {
         Mount::spawn(cmd, dir)
     }
 
+    /// A fresh temporary directory with an empty `mnt` in it, for [`Mount::start_in`] and [`Mount::start_with`].
+    pub fn new_dir() -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix("netdisk-mount-").tempdir().expect("a temporary directory");
+        std::fs::create_dir(dir.path().join("mnt")).expect("the mount point");
+        dir
+    }
+
     /// `netdisk-mount --local DIR`.
     pub fn start_local(data: &Path) -> Mount {
         let mut cmd = Command::new(mount_bin());
         cmd.arg("--local").arg(data);
-        let dir = tempfile::Builder::new().prefix("netdisk-mount-").tempdir().expect("a temporary directory");
-        std::fs::create_dir(dir.path().join("mnt")).expect("the mount point");
-        Mount::spawn(cmd, dir)
+        Mount::spawn(cmd, Mount::new_dir())
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Mount {

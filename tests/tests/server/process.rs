@@ -244,3 +244,26 @@ fn sigterm_stops_the_server_and_its_children() {
     }
     assert!(a.stat("/").is_err(), "the logged-in client's connection is gone");
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let mut server = server_with_alice(ServerOpts::default());
+    let second = std::process::Command::new(netdisk_e2e::server_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(server.data_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run a second netdisk-server");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second server serves the same data directory");
+    assert!(
+        err.contains(&format!("another netdisk-server (pid {}) serves", server.pid())),
+        "the refusal does not name the server holding the directory: {err}"
+    );
+    assert!(second.stdout.is_empty(), "the second server printed: {}", String::from_utf8_lossy(&second.stdout));
+    // The first one serves on; once it is stopped, the directory is free again.
+    alice(&server).stat("/").expect("the first server still answers");
+    server.terminate(Duration::from_secs(10)).expect("the server stops");
+    server.restart();
+    alice(&server).stat("/").expect("a server started again on the directory answers");
+}
