@@ -239,6 +239,12 @@ impl Meta {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        // Every connection's child opens the database: when the schema is current (the parent migrated it before
+        // forking), opening must not write, or each connection costs a write lock and a sync.
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
