@@ -110,6 +110,15 @@ mod tests {
         assert!(AnyRequest::decode(Kind::StatFs, b"{}").is_ok());
     }
 
+    #[test]
+    fn headers_must_be_utf8_even_in_ignored_fields() {
+        // StatFs has no fields: serde_json skips "path" without checking its bytes.
+        for header in [b"{\"path\":\"\xc0\xae\xc0\xae\"}".as_slice(), b"{\"x\":\"\xff\"}", b"{} \xff"] {
+            let err = AnyRequest::decode(Kind::StatFs, header).unwrap_err();
+            assert!(matches!(err, DecodeError::Json { .. }), "{header:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn head_round_trips(kind_index in 0usize..Kind::ALL.len(), id: u64, header_len in 1u32..=crate::MAX_REQUEST_HEADER, payload in 0u32..=crate::MAX_PAYLOAD) {
