@@ -102,6 +102,11 @@ fn accept_all(
             }
         };
         if children.len() >= config.max_children {
+            // Children that exited since the last SIGCHLD was read still count: reap them first. Under a stream of
+            // connections this loop may not return to epoll (and the signalfd) for a long time.
+            reap(children, false);
+        }
+        if children.len() >= config.max_children {
             tracing::warn!(%peer, children = children.len(), "refusing connection: at the child limit");
             send_busy(stream, children.len());
             continue;
