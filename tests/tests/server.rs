@@ -13,6 +13,8 @@ mod auth;
 mod dedup;
 #[path = "server/frames.rs"]
 mod frames;
+#[path = "server/hostile.rs"]
+mod hostile;
 #[path = "server/listing.rs"]
 mod listing;
 #[path = "server/process.rs"]
