@@ -1,13 +1,18 @@
 //! Hostile paths and user isolation: nothing escapes the data directory, nobody reaches another user's tree.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpStream;
 
-use netdisk_e2e::netdisk_protocol::client::{Client, ClientError};
+use netdisk_e2e::netdisk_protocol::client::{range_of, Client, ClientError};
+use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, DeleteFile, Download, ErrorCode, GetDir, Link, Mkdir, Mknod, NodeKind, Owner, ProveOwnership, QueryChunk,
-    ReadLink, Rename, Rmdir, SetAttr, Stat, Symlink, UploadChunk, UploadFileRes,
+    md5_hex, ownership_proof, DeleteFile, Download, ErrorCode, GetDir, Kind, Link, Mkdir, Mknod, NodeKind, Owner,
+    ProveOwnership, QueryChunk, ReadLink, Rename, Request, Rmdir, SetAttr, Stat, Symlink, UploadChunk, UploadFileRes,
 };
-use netdisk_e2e::{begin_upload, expect_code, random_bytes, send_chunk, tree_of, upload_request, ServerOpts};
+use netdisk_e2e::{
+    begin_upload, expect_code, random_bytes, read_response_frame, send_chunk, tree_of, upload_request, ServerOpts,
+};
 
 use crate::{alice, assert_same_bytes, bob, server_with_alice, server_with_alice_and_bob};
 
@@ -206,4 +211,291 @@ fn users_cannot_reach_each_others_trees() {
     assert_eq!(a.stat("/s.txt").expect("stat").mode & 0o7777, 0o644);
     let needed = a.call(&QueryChunk { upload_id: slot.upload_id, indexes: vec![0, 1, 2] }).expect("query").needed;
     assert_eq!(needed, vec![1, 2], "bob's chunk did not count for alice's upload");
+}
+
+/// Sends one request frame (request id 1) and returns the whole answer frame as bytes: head, header, payload.
+fn answer_bytes<R: Request>(stream: &mut TcpStream, req: &R) -> Vec<u8> {
+    stream.write_all(&encode_message(R::KIND, 1, req, 0)).expect("send a request");
+    let frame = read_response_frame(stream).expect("an answer frame");
+    let mut out = frame.head.encode().to_vec();
+    out.extend_from_slice(&frame.header);
+    out.extend_from_slice(&frame.payload);
+    out
+}
+
+/// Bob's requests aimed at alice's names (paths, an upload id), each with its whole answer frame.
+fn bob_probes(stream: &mut TcpStream, alice_upload: u64) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut probe = |what: String, bytes: Vec<u8>| out.push((what, bytes));
+    for path in ["/secret", "/secret/f", "/secret/sub/deep", "/s.txt", "/sl", "/empty", "/partial"] {
+        let p = || path.to_string();
+        probe(format!("Stat {path}"), answer_bytes(stream, &Stat { path: p() }));
+        probe(format!("GetDir {path}"), answer_bytes(stream, &GetDir { path: p(), after: None, limit: 100 }));
+        probe(format!("Download {path}"), answer_bytes(stream, &Download { path: p(), offset: 0, len: 1 << 20 }));
+        probe(format!("ReadLink {path}"), answer_bytes(stream, &ReadLink { path: p() }));
+        probe(
+            format!("SetAttr {path}"),
+            answer_bytes(stream, &SetAttr { path: p(), mode: Some(0o777), size: Some(0), ..Default::default() }),
+        );
+        probe(
+            format!("Rename {path} to /mine"),
+            answer_bytes(stream, &Rename { from: p(), to: "/mine".into(), noreplace: false }),
+        );
+        probe(format!("Link {path}"), answer_bytes(stream, &Link { existing: p(), new: "/mine".into() }));
+        probe(format!("DeleteFile {path}"), answer_bytes(stream, &DeleteFile { path: p() }));
+        probe(format!("Rmdir {path}"), answer_bytes(stream, &Rmdir { path: p() }));
+        // Into alice's directory: creating, renaming or linking there.
+        let inside = format!("{path}/new");
+        probe(
+            format!("Mkdir {inside}"),
+            answer_bytes(stream, &Mkdir { path: inside.clone(), mode: 0o755, owner: Owner::default() }),
+        );
+        probe(format!("UploadFile {inside}"), answer_bytes(stream, &upload_request(&inside, b"bob's bytes")));
+        probe(format!("UploadFile empty {inside}"), answer_bytes(stream, &upload_request(&inside, b"")));
+        probe(
+            format!("Symlink {inside}"),
+            answer_bytes(stream, &Symlink { path: inside.clone(), target: "/x".into(), owner: Owner::default() }),
+        );
+        probe(
+            format!("Mknod {inside}"),
+            answer_bytes(
+                stream,
+                &Mknod { path: inside.clone(), kind: NodeKind::Fifo, mode: 0o644, rdev: 0, owner: Owner::default() },
+            ),
+        );
+        probe(
+            format!("Rename /bobs to {inside}"),
+            answer_bytes(stream, &Rename { from: "/bobs".into(), to: inside.clone(), noreplace: false }),
+        );
+        probe(format!("Link /bobs to {inside}"), answer_bytes(stream, &Link { existing: "/bobs".into(), new: inside }));
+    }
+    probe(
+        "QueryChunk of alice's upload".into(),
+        answer_bytes(stream, &QueryChunk { upload_id: alice_upload, indexes: vec![0, 1, 2] }),
+    );
+    // Bob's own tree, seen by him: the same whatever alice holds.
+    probe("Stat /".into(), answer_bytes(stream, &Stat { path: "/".into() }));
+    probe("GetDir /".into(), answer_bytes(stream, &GetDir { path: "/".into(), after: None, limit: 100 }));
+    probe("Stat /bobs".into(), answer_bytes(stream, &Stat { path: "/bobs".into() }));
+    out
+}
+
+#[test]
+fn another_users_names_get_exactly_the_answers_of_missing_ones() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let mut a = alice(&server);
+    a.mkdir("/secret", 0o700).expect("mkdir");
+    a.mkdir("/secret/sub", 0o700).expect("mkdir");
+    let secret = random_bytes(54, 100_000);
+    a.upload("/secret/f", &secret, 0o600).expect("upload");
+    a.upload("/secret/sub/deep", b"deep", 0o600).expect("upload");
+    a.upload("/s.txt", b"alice's text", 0o644).expect("upload");
+    a.upload("/empty", b"", 0o644).expect("upload");
+    a.call(&Symlink { path: "/sl".into(), target: "/secret/f".into(), owner: Owner::default() }).expect("symlink");
+    // An unfinished upload of alice's, with a stored chunk.
+    let partial = random_bytes(55, 3 * 65536);
+    let slot = begin_upload(&mut a, "/partial", &partial);
+    send_chunk(&mut a, &slot, &partial, 0).expect("chunk 0");
+
+    let mut b = bob(&server);
+    b.upload("/bobs", b"bob's own file", 0o644).expect("bob's file");
+    let mut stream = b.into_stream();
+    let while_alice_holds = bob_probes(&mut stream, slot.upload_id);
+
+    // Alice's names go away: her files and directories, and her upload (finished, then deleted).
+    send_chunk(&mut a, &slot, &partial, 1).expect("chunk 1");
+    assert!(send_chunk(&mut a, &slot, &partial, 2).expect("chunk 2").complete.is_some());
+    for f in ["/secret/f", "/secret/sub/deep", "/s.txt", "/empty", "/sl", "/partial"] {
+        a.delete_file(f).unwrap_or_else(|e| panic!("alice deletes {f}: {e}"));
+    }
+    a.rmdir("/secret/sub").expect("rmdir");
+    a.rmdir("/secret").expect("rmdir");
+    assert!(a.names("/").expect("list").is_empty());
+    let after_alice_left = bob_probes(&mut stream, slot.upload_id);
+
+    assert_eq!(while_alice_holds.len(), after_alice_left.len());
+    for ((what, held), (_, missing)) in while_alice_holds.iter().zip(&after_alice_left) {
+        assert_eq!(
+            String::from_utf8_lossy(held),
+            String::from_utf8_lossy(missing),
+            "{what}: bob's answer depends on whether alice holds the name"
+        );
+        if !what.starts_with("Stat /") && what != "GetDir /" {
+            assert_eq!(held[5], Kind::Error as u8, "{what}: not an error: {}", String::from_utf8_lossy(held));
+        }
+    }
+    // Bob's tree is what it was; his one file untouched.
+    let mut b = Client::new(stream);
+    assert_eq!(b.names("/").expect("list"), vec!["bobs".to_string()]);
+    assert_eq!(b.read_file("/bobs").expect("download"), b"bob's own file");
+}
+
+/// Answers a challenge with `proofs`, or with the right proofs of `data` when `proofs` is `None`.
+fn prove(c: &mut Conn, res: UploadFileRes, data: &[u8], proofs: Option<Vec<String>>) -> UploadFileRes {
+    let UploadFileRes::Challenge { challenge_id, nonce, ranges } = res else {
+        panic!("content this user does not hold must be challenged, got {res:?}")
+    };
+    let proofs = proofs.unwrap_or_else(|| ranges.iter().map(|r| ownership_proof(&nonce, range_of(data, r))).collect());
+    c.call(&ProveOwnership { challenge_id, proofs }).expect("ProveOwnership")
+}
+
+#[test]
+fn knowing_an_md5_is_not_enough_to_obtain_a_file() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let big = random_bytes(56, 300_000); // several chunks and three challenge ranges
+    let small = b"a small secret of alice's".to_vec(); // one range: the whole file
+    let mut a = alice(&server);
+    a.upload("/big", &big, 0o600).expect("upload");
+    a.upload("/small", &small, 0o600).expect("upload");
+    // And an unfinished upload of alice's with a chunk stored: its id must mean nothing to bob.
+    let pending = random_bytes(57, 3 * 65536);
+    let slot = begin_upload(&mut a, "/pending", &pending);
+    send_chunk(&mut a, &slot, &pending, 0).expect("chunk 0");
+
+    let mut b = bob(&server);
+    for (name, data) in [("big", &big), ("small", &small)] {
+        let target = format!("/got-{name}");
+        let req = upload_request(&target, data);
+        let md5 = md5_hex(data);
+        let whole = vec![md5.clone()];
+        let attempts: Vec<(&str, Option<Vec<String>>)> = vec![
+            ("no proofs", Some(Vec::new())),
+            ("zeros", Some(vec!["0".repeat(32); 3])),
+            ("the file's md5", Some(whole.clone())),
+            ("the file's md5, three times", Some(vec![md5.clone(); 3])),
+            ("too many proofs", Some(vec![md5.clone(); 100])),
+            ("not hex", Some(vec!["not an md5 at all".into(); 3])),
+        ];
+        for (what, proofs) in attempts {
+            let res = b.call(&req).expect("UploadFile");
+            match prove(&mut b, res, data, proofs) {
+                UploadFileRes::Upload { upload_id, chunk_count, .. } => {
+                    // A fresh upload of bob's: every chunk is still needed, none of alice's progress or bytes shows.
+                    let needed =
+                        b.call(&QueryChunk { upload_id, indexes: (0..chunk_count).collect() }).expect("query").needed;
+                    assert_eq!(needed, (0..chunk_count).collect::<Vec<_>>(), "{name}, {what}: chunks needed");
+                }
+                other => panic!("{name}, {what}: a wrong proof must give a normal upload, got {other:?}"),
+            }
+            expect_code(b.stat(&target), ErrorCode::NotFound, &format!("{name}, {what}: stat"));
+            expect_code(b.download(&target, 0, 1 << 20), ErrorCode::NotFound, &format!("{name}, {what}: download"));
+        }
+        // No proof at all: the challenge ignored, chunks asked about with guessed upload ids.
+        let res = b.call(&req).expect("UploadFile");
+        assert!(matches!(res, UploadFileRes::Challenge { .. }), "{name}: asked again, still a challenge");
+        for upload_id in (0..64).chain([slot.upload_id]) {
+            match b.call(&QueryChunk { upload_id, indexes: vec![0] }) {
+                Ok(q) => assert_eq!(q.needed, vec![0], "{name}: upload {upload_id} is bob's own, nothing stored"),
+                Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownUpload), "{name}: upload {upload_id}: {e}"),
+            }
+        }
+        // A challenge of bob's answered on another of his connections, even rightly: unknown there.
+        let UploadFileRes::Challenge { challenge_id, nonce, ranges } = b.call(&req).expect("UploadFile") else {
+            panic!("a challenge")
+        };
+        let proofs = ranges.iter().map(|r| ownership_proof(&nonce, range_of(data, r))).collect();
+        expect_code(
+            bob(&server).call(&ProveOwnership { challenge_id, proofs }),
+            ErrorCode::UnknownUpload,
+            &format!("{name}: a challenge answered on another connection"),
+        );
+        // The empty file's md5 with alice's size, and alice's md5 with another size, get nothing either.
+        let mut other_size = req.clone();
+        other_size.size += 1;
+        let res = b.call(&other_size).expect("UploadFile");
+        assert!(!matches!(res, UploadFileRes::Instant { .. }), "{name}: another size is not instant: {res:?}");
+        let mut zero = req.clone();
+        zero.size = 0;
+        expect_code(b.call(&zero), ErrorCode::ChecksumMismatch, &format!("{name}: size 0 with alice's md5"));
+        expect_code(b.stat(&target), ErrorCode::NotFound, &format!("{name}: after everything"));
+    }
+    assert_eq!(b.names("/").expect("list"), Vec::<String>::new(), "nothing in bob's tree");
+    assert_eq!(a.names("/").expect("list"), vec!["big".to_string(), "small".to_string()]);
+    // With the content itself, the proof works: the refusals above were about the proof, not the content.
+    let res = b.call(&upload_request("/got-big", &big)).expect("UploadFile");
+    assert!(matches!(prove(&mut b, res, &big, None), UploadFileRes::Instant { .. }), "a right proof is instant");
+    assert_same_bytes(&b.read_file("/got-big").expect("download"), &big, "bob's proven copy");
+}
+
+/// Asserts that nobody can see or obtain content `x` at `path` (alice's lie) — neither alice on any connection nor
+/// bob with a right proof of `x`.
+fn assert_no_file(server: &netdisk_e2e::Server, liar: &mut Conn, path: &str, x: &[u8], what: &str) {
+    expect_code(liar.stat(path), ErrorCode::NotFound, &format!("{what}: stat"));
+    expect_code(liar.download(path, 0, 1 << 20), ErrorCode::NotFound, &format!("{what}: download"));
+    let mut other = alice(server);
+    expect_code(other.stat(path), ErrorCode::NotFound, &format!("{what}: stat on another connection"));
+    assert!(!other.names("/").expect("list").iter().any(|n| format!("/{n}") == path), "{what}: listed");
+    // Nobody holds `x` complete: even a right proof of it gives a normal upload, not `x`'s file.
+    let mut b = bob(server);
+    let res = b.call(&upload_request("/claim", x)).expect("UploadFile");
+    match prove(&mut b, res, x, None) {
+        UploadFileRes::Upload { .. } => {}
+        other => panic!("{what}: content nobody holds complete must be uploaded, got {other:?}"),
+    }
+    expect_code(b.stat("/claim"), ErrorCode::NotFound, &format!("{what}: bob's claim"));
+}
+
+#[test]
+fn a_declared_md5_with_other_bytes_never_makes_a_file() {
+    let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
+    let mut liar = alice(&server);
+
+    // Several chunks: x is claimed, y is sent.
+    let x = random_bytes(58, 4 * 65536 + 999);
+    let y = random_bytes(59, x.len());
+    let slot = begin_upload(&mut liar, "/multi", &x);
+    assert_eq!(slot.chunk_count, 5);
+    for i in 0..slot.chunk_count {
+        // y's bytes declared with x's chunk md5: each chunk refused at once.
+        let req = UploadChunk { upload_id: slot.upload_id, index: i, md5: md5_hex(slot.chunk(&x, i)) };
+        expect_code(liar.call_with_payload(&req, slot.chunk(&y, i)), ErrorCode::ChecksumMismatch, "y as x's chunk");
+    }
+    assert_no_file(&server, &mut liar, "/multi", &x, "chunks of other bytes");
+    // x's chunks except one of y's, which carries its own (true) md5: the file is refused when it completes.
+    for i in 0..slot.chunk_count {
+        let source = if i == 2 { &y } else { &x };
+        let res = send_chunk(&mut liar, &slot, source, i);
+        if i + 1 < slot.chunk_count {
+            assert!(res.expect("a chunk matching its own md5").complete.is_none());
+        } else {
+            expect_code(res, ErrorCode::ChecksumMismatch, "the chunk completing a file that is not x");
+        }
+    }
+    assert_no_file(&server, &mut liar, "/multi", &x, "one chunk of other bytes");
+
+    // A single chunk: the whole file in one UploadChunk.
+    let sx = random_bytes(60, 40_000);
+    let sy = random_bytes(61, sx.len());
+    let mut flipped = sx.clone();
+    flipped[20_000] ^= 0x01;
+    let lies: Vec<(&str, String, &[u8])> = vec![
+        ("other bytes declared with the file's md5", md5_hex(&sx), &sy),
+        ("other bytes with their own md5", md5_hex(&sy), &sy),
+        ("one flipped bit, declared with the file's md5", md5_hex(&sx), &flipped),
+        ("one flipped bit with its own md5", md5_hex(&flipped), &flipped),
+    ];
+    for (i, (what, md5, bytes)) in lies.iter().enumerate() {
+        let path = format!("/single-{i}");
+        let slot = begin_upload(&mut liar, &path, &sx);
+        assert_eq!(slot.chunk_count, 1, "{what}");
+        let req = UploadChunk { upload_id: slot.upload_id, index: 0, md5: md5.clone() };
+        expect_code(liar.call_with_payload(&req, bytes), ErrorCode::ChecksumMismatch, what);
+        assert_no_file(&server, &mut liar, &path, &sx, what);
+        // Sending the lie again on the same upload does not make it true either.
+        match liar.call_with_payload(&req, bytes) {
+            Ok(res) => panic!("{what}, again: accepted: {res:?}"),
+            Err(e) => assert!(
+                matches!(e.code(), Some(ErrorCode::ChecksumMismatch | ErrorCode::UnknownUpload)),
+                "{what}, again: {e}"
+            ),
+        }
+        assert_no_file(&server, &mut liar, &path, &sx, what);
+    }
+
+    // The lies poisoned nothing: the true bytes then upload and read back exactly.
+    for (path, data) in [("/multi", &x), ("/single-0", &sx)] {
+        liar.upload(path, data, 0o644).unwrap_or_else(|e| panic!("honest upload of {path}: {e}"));
+        assert_same_bytes(&liar.read_file(path).expect("download"), data, path);
+    }
+    assert_eq!(liar.names("/").expect("list"), vec!["multi".to_string(), "single-0".to_string()]);
 }
