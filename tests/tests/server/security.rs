@@ -3,15 +3,19 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
 
 use netdisk_e2e::netdisk_protocol::client::{range_of, Client, ClientError};
 use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, ownership_proof, DeleteFile, Download, ErrorCode, GetDir, Kind, Link, Mkdir, Mknod, NodeKind, Owner,
-    ProveOwnership, QueryChunk, ReadLink, Rename, Request, Rmdir, SetAttr, Stat, Symlink, UploadChunk, UploadFileRes,
+    md5_hex, ownership_proof, DeleteFile, Download, ErrorCode, FrameHead, GetDir, Kind, Link, Mkdir, Mknod, NodeKind,
+    Owner, ProveOwnership, QueryChunk, ReadLink, Rename, Request, Rmdir, SetAttr, Stat, Symlink, UploadChunk,
+    UploadFileRes, MAX_PATH,
 };
 use netdisk_e2e::{
-    begin_upload, expect_code, random_bytes, read_response_frame, send_chunk, tree_of, upload_request, ServerOpts,
+    begin_upload, code_of, expect_code, json_string_field, random_bytes, read_response_frame, read_until_closed,
+    send_chunk, tree_of, upload_request, ServerOpts,
 };
 
 use crate::{alice, assert_same_bytes, bob, server_with_alice, server_with_alice_and_bob};
@@ -66,6 +70,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos()
     );
     let before = tree_of(server.root_dir());
+    let user_tree_before = user_tree(&mut c, "/");
     let long_name = format!("/{}", "n".repeat(256));
     let long_name_deep = format!("/a/{}", "m".repeat(256));
     let long_path = "/abcd".repeat(1000); // 5000 bytes of valid names
@@ -89,6 +94,29 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         long_name,
         long_name_deep,
         long_path,
+        // Relative forms.
+        "../x".into(),
+        "./x".into(),
+        "~/x".into(),
+        format!("../../{tag}"),
+        // `.` and `..` in every position.
+        "/a/./b".into(),
+        "/a/b/..".into(),
+        "/a/..".into(),
+        "/a/../..".into(),
+        "/.../..".into(),
+        // Windows forms: not absolute `/` paths.
+        format!("\\..\\..\\{tag}"),
+        format!("..\\{tag}"),
+        format!("C:\\{tag}"),
+        format!("\\\\host\\share\\{tag}"),
+        // NUL anywhere.
+        "/\0".into(),
+        "\0/x".into(),
+        "/a/\0".into(),
+        // Over-long, counted in bytes: 128 two-byte characters; a path one byte over the limit.
+        format!("/{}", "\u{e9}".repeat(128)),
+        path_of_len(MAX_PATH + 1),
     ];
     for path in &table {
         for (op, result) in refusals(&mut c, path) {
@@ -108,8 +136,15 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
     let max_name = format!("/{}", "k".repeat(255));
     c.mkdir(&max_name, 0o755).expect("a 255-byte name is fine");
     c.rmdir(&max_name).expect("rmdir");
+    // A path of exactly the longest length is a path (of names that do not exist), not a refusal.
+    expect_code(c.stat(&path_of_len(MAX_PATH)), ErrorCode::NotFound, "a path of exactly 4096 bytes");
+
+    refused_on_the_wire(&server, &tag);
+    backslashes_are_plain_bytes_of_a_name(&mut c, &tag);
+    symlink_targets_are_never_followed(&mut c, &tag);
 
     // Nothing changed in the user's tree, and the server still serves.
+    assert_eq!(user_tree(&mut c, "/"), user_tree_before, "the user's tree after the hostile paths");
     assert_eq!(c.names("/").expect("list"), vec!["a".to_string(), "legit".to_string()]);
     assert!(c.names("/a").expect("list").is_empty());
     assert_same_bytes(&c.read_file("/legit").expect("download"), &legit, "/legit");
@@ -129,6 +164,158 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         assert!(!dir.join(&tag).exists(), "{} exists", dir.join(&tag).display());
     }
     assert!(!std::path::Path::new("/tmp").join(&tag).exists());
+    // The server runs as whoever runs the tests (root here): look where an escape would land.
+    let parent = server.root_dir().parent().expect("the server's directory has a parent").to_path_buf();
+    let cwd = std::env::current_dir().expect("cwd");
+    for dir in [Path::new("/"), Path::new("/tmp"), Path::new("/etc"), Path::new("/root"), &parent, &cwd] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(&tag), "{} appeared outside the data directory", entry.path().display());
+        }
+    }
+}
+
+/// A path of exactly `len` bytes made of valid names.
+fn path_of_len(len: usize) -> String {
+    let mut path = String::new();
+    while path.len() < len {
+        let name = (len - path.len() - 1).min(200);
+        assert!(name > 0, "no room for a name");
+        path.push('/');
+        path.push_str(&"p".repeat(name));
+    }
+    assert_eq!(path.len(), len);
+    path
+}
+
+/// Every node under `dir`, recursively, with what an fsck would compare (not times).
+fn user_tree(c: &mut Conn, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in c.list_dir(dir).unwrap_or_else(|err| panic!("list {dir}: {err}")) {
+        let path = netdisk_e2e::netdisk_protocol::path::join(dir, &e.name);
+        let a = &e.attr;
+        out.push(format!("{path} {:?} {:o} {} {} {:?} ino={}", a.kind, a.mode, a.nlink, a.size, a.md5, a.ino));
+        if a.kind == NodeKind::Dir {
+            out.extend(user_tree(c, &path));
+        }
+    }
+    out
+}
+
+/// The JSON header of every path-taking request, with `PATH` where a path goes (as a JSON string literal).
+fn path_headers() -> Vec<(&'static str, Kind, String)> {
+    let owner = r#""owner":{"uid":0,"gid":0}"#;
+    let md5 = md5_hex(b"hostile content");
+    vec![
+        ("Mkdir", Kind::Mkdir, format!(r#"{{"path":PATH,"mode":493,{owner}}}"#)),
+        (
+            "UploadFile",
+            Kind::UploadFile,
+            format!(r#"{{"path":PATH,"size":15,"md5":"{md5}","mode":420,"mtime":null,{owner}}}"#),
+        ),
+        ("Stat", Kind::Stat, r#"{"path":PATH}"#.into()),
+        ("GetDir", Kind::GetDir, r#"{"path":PATH,"after":null,"limit":10}"#.into()),
+        ("Download", Kind::Download, r#"{"path":PATH,"offset":0,"len":10}"#.into()),
+        ("DeleteFile", Kind::DeleteFile, r#"{"path":PATH}"#.into()),
+        ("Rmdir", Kind::Rmdir, r#"{"path":PATH}"#.into()),
+        ("Rename from", Kind::Rename, r#"{"from":PATH,"to":"/renamed","noreplace":false}"#.into()),
+        ("Rename to", Kind::Rename, r#"{"from":"/legit","to":PATH,"noreplace":false}"#.into()),
+        ("Link existing", Kind::Link, r#"{"existing":PATH,"new":"/linked"}"#.into()),
+        ("Link new", Kind::Link, r#"{"existing":"/legit","new":PATH}"#.into()),
+        ("Symlink", Kind::Symlink, format!(r#"{{"path":PATH,"target":"/legit",{owner}}}"#)),
+        ("ReadLink", Kind::ReadLink, r#"{"path":PATH}"#.into()),
+        ("Mknod", Kind::Mknod, format!(r#"{{"path":PATH,"kind":"fifo","mode":420,"rdev":0,{owner}}}"#)),
+        ("SetAttr", Kind::SetAttr, r#"{"path":PATH,"mode":511}"#.into()),
+    ]
+}
+
+/// One request frame with a raw JSON header.
+fn raw_request(kind: Kind, header: &[u8]) -> Vec<u8> {
+    let head = FrameHead { kind, request_id: 1, header_len: header.len() as u32, payload_len: 0 };
+    let mut out = head.encode().to_vec();
+    out.extend_from_slice(header);
+    out
+}
+
+/// Paths spelled in raw JSON for every path-taking request: escapes are decoded before the path is checked (and
+/// refused), and bytes that are not UTF-8 (or a lone surrogate) make a broken frame: the connection is closed.
+fn refused_on_the_wire(server: &netdisk_e2e::Server, tag: &str) {
+    let mut raw = alice(server).into_stream();
+    let mut ask = |what: &str, frame: Vec<u8>| -> Vec<u8> {
+        raw.write_all(&frame).unwrap_or_else(|e| panic!("{what}: send: {e}"));
+        let answer = read_response_frame(&mut raw).unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        assert_eq!(answer.head.kind, Kind::Error, "{what}: {}", String::from_utf8_lossy(&answer.header));
+        answer.header
+    };
+    for (op, kind, template) in path_headers() {
+        // The template itself is a valid request: a plain missing path gets an answer, not a closed connection.
+        let header = template.replace("PATH", r#""/no/such""#);
+        let answer = ask(&format!("{op} control"), raw_request(kind, header.as_bytes()));
+        assert_eq!(json_string_field(&answer, "code").as_deref(), Some("not_found"), "{op} control");
+
+        let escaped = [
+            format!(r#""\u002f\u002e\u002e\u002f{tag}""#),
+            format!(r#""\/..\/{tag}""#),
+            r#""/a\u0000b""#.to_string(),
+            r#""/legit/\u002e""#.to_string(),
+            format!(r#""\u002e\u002e/{tag}""#),
+        ];
+        for path in &escaped {
+            let what = format!("{op} {path}");
+            let answer = ask(&what, raw_request(kind, template.replace("PATH", path).as_bytes()));
+            assert_eq!(json_string_field(&answer, "code").as_deref(), Some("invalid"), "{what}");
+        }
+
+        let not_utf8: [&[u8]; 4] = [b"\"/\xff\"", b"\"/\xc0\xae\xc0\xae\"", b"\"/\xed\xa0\x80\"", br#""/\ud800""#];
+        for path in not_utf8 {
+            let what = format!("{op} {}", String::from_utf8_lossy(path));
+            let (before, after) = template.split_once("PATH").expect("a PATH in the template");
+            let header = [before.as_bytes(), path, after.as_bytes()].concat();
+            let mut stream = alice(server).into_stream();
+            let _ = stream.write_all(&raw_request(kind, &header));
+            let closed = read_until_closed(&mut stream, Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what}: the connection is still open"));
+            assert!(closed.received.is_empty(), "{what}: answered: {}", String::from_utf8_lossy(&closed.received));
+        }
+    }
+}
+
+/// Inside a `/` path a backslash is an ordinary byte of a name, as on Linux (`cp` on the mount can store `a\b`):
+/// `/..\..\TAG` is one name in the user's root, never a way out.
+fn backslashes_are_plain_bytes_of_a_name(c: &mut Conn, tag: &str) {
+    let name = format!("..\\..\\{tag}");
+    let dir = format!("/{name}");
+    c.mkdir(&dir, 0o755).expect("a name with backslashes");
+    c.upload(&format!("{dir}/\\..\\x"), b"", 0o644).expect("an empty file named with backslashes");
+    assert!(c.names("/").expect("list").contains(&name), "the name is listed as given");
+    assert_eq!(c.names(&dir).expect("list"), vec!["\\..\\x".to_string()]);
+    c.delete_file(&format!("{dir}/\\..\\x")).expect("delete");
+    c.rmdir(&dir).expect("rmdir");
+}
+
+/// A symlink's target is the user's text: stored as given, read back as given, never followed by the server.
+fn symlink_targets_are_never_followed(c: &mut Conn, tag: &str) {
+    let targets = [
+        "../../../../../../../../etc/passwd".to_string(),
+        "/etc/passwd".to_string(),
+        format!("/tmp/{tag}"),
+        format!("../{tag}"),
+        "/legit".to_string(),
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        let link = format!("/link-{i}");
+        c.call(&Symlink { path: link.clone(), target: target.clone(), owner: Owner::default() }).expect("symlink");
+        assert_eq!(&c.call(&ReadLink { path: link.clone() }).expect("readlink").target, target);
+        assert_eq!(c.stat(&link).expect("stat").kind, NodeKind::Symlink);
+        code_of(c.download(&link, 0, 4096), &format!("download of symlink {link} -> {target}"));
+        expect_code(c.stat(&format!("{link}/x")), ErrorCode::NotDir, "a path through a symlink");
+        expect_code(c.list_dir(&link), ErrorCode::NotDir, "listing a symlink");
+        code_of(c.mkdir(&format!("{link}/d"), 0o755), "mkdir through a symlink");
+        code_of(c.upload(&format!("{link}/f"), b"", 0o644), "upload through a symlink");
+        code_of(c.rename("/legit", &format!("{link}/x"), false), "rename through a symlink");
+        c.delete_file(&link).expect("remove the symlink");
+    }
 }
 
 #[test]
