@@ -27,6 +27,7 @@
 //! that the kind is known, that flags are zero, that the header length is within [`MAX_REQUEST_HEADER`]
 //! (requests) or [`MAX_RESPONSE_HEADER`] (responses), and that the payload length is zero for every kind
 //! that carries no payload and at most [`MAX_PAYLOAD`] for the two that do (`UploadChunk`, the `Download` reply).
+//! Then the header must be UTF-8 and one JSON object (not, say, an array of the struct's fields).
 //! A frame that fails any check means the peer is hostile or broken: the receiver closes the connection.
 //!
 //! # Limits
