@@ -27,7 +27,7 @@ const GARBAGE_FRAMES: u64 = 100_000;
 const GARBAGE_THREADS: u64 = 6;
 const MAX_CHILDREN: usize = 16;
 const STALL_TIMEOUT: Duration = Duration::from_secs(2);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Slack on top of a server timeout for a 2-core machine busy with this very test.
 const MARGIN: Duration = Duration::from_secs(3);
 /// Connections opened at once by the flood, far over the child cap.
@@ -365,11 +365,14 @@ fn dribblers(server: &Server, established: mpsc::Sender<()>) -> (Duration, Durat
 
     std::thread::scope(|s| {
         let fast_thread = s.spawn(|| {
-            // ~3.6 s in all: longer than the stall timeout, shorter than the idle timeout.
+            // A byte every 45 ms, ~3 s in all: longer than the stall timeout, well within the idle timeout.
+            // Each byte is due at a fixed time from the start, so that late wake-ups do not add up.
             let started = Instant::now();
-            for b in &frame {
+            for (i, b) in frame.iter().enumerate() {
+                std::thread::sleep(
+                    (started + Duration::from_millis(45) * i as u32).saturating_duration_since(Instant::now()),
+                );
                 fast.write_all(std::slice::from_ref(b)).expect("a byte of the login: the connection must stay open");
-                std::thread::sleep(Duration::from_millis(50));
             }
             let took = started.elapsed();
             assert!(took > STALL_TIMEOUT, "the fast dribbler took {took:?}, not longer than the stall timeout");
