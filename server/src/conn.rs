@@ -106,6 +106,8 @@ pub struct Conn {
     end: usize,
     pub timeouts: Timeouts,
     pub stats: Stats,
+    /// When the current request must have arrived: its head and header, and a payload the server drops.
+    request_deadline: Instant,
 }
 
 /// The wait `timeout` for `what`, cut short to what is left before `deadline` (the end of a request's idle timeout).
@@ -131,6 +133,7 @@ impl Conn {
             end: 0,
             timeouts,
             stats: Stats::default(),
+            request_deadline: Instant::now() + timeouts.idle,
         })
     }
 
@@ -172,6 +175,7 @@ impl Conn {
     /// the previous request, so a peer dribbling one byte just inside the stall timeout cannot hold its process.
     pub fn next_request(&mut self) -> Result<(FrameHead, Vec<u8>), ConnError> {
         let deadline = Instant::now() + self.timeouts.idle;
+        self.request_deadline = deadline;
         while self.buffered() < HEAD_LEN {
             let (timeout, what) = if self.buffered() == 0 {
                 (deadline.saturating_duration_since(Instant::now()), "waiting for a request")
@@ -208,10 +212,13 @@ impl Conn {
     }
 
     /// Reads and drops `len` payload bytes, keeping the framing intact after a refused or failed payload.
+    /// Like the head and header, a payload nobody wants (one sent before login, say) must arrive within the
+    /// request's idle timeout, however steadily it trickles.
     pub fn discard_payload(&mut self, mut len: u64) -> Result<(), ConnError> {
         len -= self.take_buffered(len as usize).len() as u64;
         while len > 0 {
-            self.fill(self.timeouts.stall, "discarding a payload")?;
+            let (timeout, what) = within(self.request_deadline, self.timeouts.stall, "discarding a payload");
+            self.fill(timeout, what)?;
             len -= self.take_buffered(len as usize).len() as u64;
         }
         Ok(())
