@@ -352,15 +352,57 @@ fn stalled_connections(server: &Server, established: mpsc::Sender<()>) -> Durati
     slowest
 }
 
-/// A login dribbled a byte at a time, every byte within the stall timeout.
-/// Faster than the idle timeout in all: served. Slower: closed once the idle timeout has passed.
+/// Sends `bytes` on `stream` one a second (each well within the stall timeout) until the server closes it, which
+/// must happen once its idle timeout has passed since `started` (and not before), without a byte in answer, and
+/// with the process serving it gone. Returns when it was closed.
+fn dribble_until_closed(
+    server: &Server,
+    stream: &mut TcpStream,
+    started: Instant,
+    bytes: &[u8],
+    what: &str,
+) -> Duration {
+    let child = child_of(server, stream, what);
+    let mut sent = 0;
+    let closed = loop {
+        if sent < bytes.len() && stream.write_all(&bytes[sent..sent + 1]).is_ok() {
+            sent += 1;
+        }
+        match read_until_closed(stream, Duration::from_secs(1)) {
+            Ok(closed) => break closed,
+            Err(received) => assert!(received.is_empty(), "{what}: answered before the request was complete"),
+        }
+        let open = started.elapsed();
+        assert!(
+            open < IDLE_TIMEOUT + MARGIN,
+            "{what}: the connection is still open after {open:?} ({sent} bytes sent)"
+        );
+    };
+    let after = started.elapsed();
+    assert!(closed.received.is_empty(), "{what}: answered");
+    assert!(sent < bytes.len(), "{what}: all {sent} bytes were sent before the close");
+    assert!(
+        after >= IDLE_TIMEOUT - Duration::from_millis(500),
+        "{what}: closed after {after:?}, before the idle timeout"
+    );
+    assert!(wait_until(MARGIN, || !child.exists()), "{what}: process {} is still there", child.pid);
+    after
+}
+
+/// Requests dribbled a byte at a time, every byte within the stall timeout. A login faster than the idle timeout
+/// in all is served; a slower one is closed once the idle timeout has passed, and so is a chunk's payload that an
+/// unauthenticated peer dribbles (the server has no use for it but must read it to keep the framing).
 fn dribblers(server: &Server, established: mpsc::Sender<()>) -> (Duration, Duration) {
     let login = Login { user: ALICE.into(), password: ALICE_PW.into() };
     let frame = encode_message(Kind::Login, 1, &login, 0);
+    let chunk = UploadChunk { upload_id: 1, index: 0, md5: md5_hex(b"x") };
+    let chunk_head = encode_message(Kind::UploadChunk, 1, &chunk, 1 << 20);
     let mut fast = server.raw_connect();
     let mut slow = server.raw_connect();
     let slow_started = Instant::now();
-    let slow_child = child_of(server, &slow, "slow dribbler");
+    let mut payload = server.raw_connect();
+    let payload_started = Instant::now();
+    payload.write_all(&chunk_head).expect("the head and header of a chunk, before any login");
     established.send(()).expect("signal");
 
     std::thread::scope(|s| {
@@ -383,35 +425,14 @@ fn dribblers(server: &Server, established: mpsc::Sender<()>) -> (Duration, Durat
             c.stat("/").expect("the dribbled login's session works");
             took
         });
-        // One byte a second (each well within the stall timeout): the whole login would take over a minute.
-        let mut sent = 0;
-        let closed = loop {
-            if sent < frame.len() && slow.write_all(&frame[sent..sent + 1]).is_ok() {
-                sent += 1;
-            }
-            match read_until_closed(&mut slow, Duration::from_secs(1)) {
-                Ok(closed) => break closed,
-                Err(received) => assert!(received.is_empty(), "the slow dribbler got an answer to half a login"),
-            }
-            assert!(
-                slow_started.elapsed() < IDLE_TIMEOUT + MARGIN,
-                "the slow dribbler's connection is still open after {:?} ({sent} bytes sent)",
-                slow_started.elapsed()
-            );
-        };
-        let after = slow_started.elapsed();
-        assert!(closed.received.is_empty(), "the slow dribbler got an answer");
-        assert!(sent < frame.len(), "the slow dribbler sent its whole login ({sent} bytes) before being closed");
-        assert!(
-            after >= IDLE_TIMEOUT - Duration::from_millis(500),
-            "the slow dribbler was closed after {after:?}, before the idle timeout"
-        );
-        assert!(
-            wait_until(MARGIN, || !slow_child.exists()),
-            "the slow dribbler's process {} is still there",
-            slow_child.pid
-        );
-        (fast_thread.join().expect("fast dribbler"), after)
+        let payload_thread = s.spawn(|| {
+            let bytes = vec![0u8; 1 << 20];
+            dribble_until_closed(server, &mut payload, payload_started, &bytes, "a chunk payload dribbled before login")
+        });
+        // The whole login would take over a minute.
+        let slow_closed = dribble_until_closed(server, &mut slow, slow_started, &frame, "a login dribbled too slowly");
+        payload_thread.join().expect("payload dribbler");
+        (fast_thread.join().expect("fast dribbler"), slow_closed)
     })
 }
 
