@@ -91,6 +91,34 @@ mod tests {
         assert!(AnyRequest::decode(Kind::StatRes, b"{}").is_err());
     }
 
+    #[test]
+    fn headers_must_be_objects_not_field_arrays() {
+        let cases: &[(Kind, &[u8])] = &[
+            (Kind::Stat, br#"["/"]"#),
+            (Kind::StatFs, b"[]"),
+            (Kind::Download, br#"["/f",0,100]"#),
+            (Kind::Login, br#"["alice","pw"]"#),
+        ];
+        for (kind, header) in cases {
+            let err = AnyRequest::decode(*kind, header).unwrap_err();
+            assert!(matches!(err, DecodeError::Json { .. }), "{kind:?} {header:?}");
+        }
+        assert_eq!(
+            AnyRequest::decode(Kind::Stat, br#" {"path":"/"}"#).unwrap(),
+            AnyRequest::Stat(Stat { path: "/".into() })
+        );
+        assert!(AnyRequest::decode(Kind::StatFs, b"{}").is_ok());
+    }
+
+    #[test]
+    fn headers_must_be_utf8_even_in_ignored_fields() {
+        // StatFs has no fields: serde_json skips "path" without checking its bytes.
+        for header in [b"{\"path\":\"\xc0\xae\xc0\xae\"}".as_slice(), b"{\"x\":\"\xff\"}", b"{} \xff"] {
+            let err = AnyRequest::decode(Kind::StatFs, header).unwrap_err();
+            assert!(matches!(err, DecodeError::Json { .. }), "{header:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn head_round_trips(kind_index in 0usize..Kind::ALL.len(), id: u64, header_len in 1u32..=crate::MAX_REQUEST_HEADER, payload in 0u32..=crate::MAX_PAYLOAD) {

@@ -28,6 +28,7 @@
 //! (requests) or [`MAX_RESPONSE_HEADER`] (responses), and that the payload length is zero for every kind
 //! that carries no payload, at most [`MAX_PAYLOAD`] for `UploadChunk` and the `Download` reply, and at most
 //! [`MAX_INLINE_UPLOAD`] for `UploadFile` (a small file sent whole).
+//! Then the header must be UTF-8 and one JSON object (not, say, an array of the struct's fields).
 //! A frame that fails any check means the peer is hostile or broken: the receiver closes the connection.
 //!
 //! # Limits

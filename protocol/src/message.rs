@@ -323,10 +323,18 @@ macro_rules! requests {
 
         impl AnyRequest {
             /// Parses the JSON header of a request frame of the given (already validated) kind.
+            /// The header must be UTF-8 (serde_json checks only the strings it keeps, not those of fields it skips)
+            /// and one JSON object: serde would also take an array of a struct's fields in order (`["/"]` as a
+            /// `Stat`), a second encoding of every request that no client sends.
             pub fn decode(kind: Kind, header: &[u8]) -> Result<AnyRequest, DecodeError> {
                 let json = |e: serde_json::Error| DecodeError::Json { kind, reason: e.to_string() };
+                let text = std::str::from_utf8(header)
+                    .map_err(|e| DecodeError::Json { kind, reason: format!("the header is not UTF-8: {e}") })?;
+                if !text.trim_ascii_start().starts_with('{') {
+                    return Err(DecodeError::Json { kind, reason: "the header is not a JSON object".into() });
+                }
                 match kind {
-                    $(Kind::$name => serde_json::from_slice(header).map(AnyRequest::$name).map_err(json),)*
+                    $(Kind::$name => serde_json::from_str(text).map(AnyRequest::$name).map_err(json),)*
                     other => Err(DecodeError::NotARequest(other)),
                 }
             }

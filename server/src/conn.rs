@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netdisk_protocol::frame::encode_message;
 use netdisk_protocol::{DecodeError, FrameHead, Kind, HEAD_LEN, MAX_REQUEST_HEADER};
@@ -106,6 +106,18 @@ pub struct Conn {
     end: usize,
     pub timeouts: Timeouts,
     pub stats: Stats,
+    /// When the current request must have arrived: its head and header, and a payload the server drops.
+    request_deadline: Instant,
+}
+
+/// The wait `timeout` for `what`, cut short to what is left before `deadline` (the end of a request's idle timeout).
+fn within(deadline: Instant, timeout: Duration, what: &'static str) -> (Duration, &'static str) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < timeout {
+        (left, "receiving a request (not complete within the idle timeout)")
+    } else {
+        (timeout, what)
+    }
 }
 
 /// Room for a head, the largest request header, and some payload read along with them.
@@ -121,6 +133,7 @@ impl Conn {
             end: 0,
             timeouts,
             stats: Stats::default(),
+            request_deadline: Instant::now() + timeouts.idle,
         })
     }
 
@@ -157,12 +170,17 @@ impl Conn {
     }
 
     /// The next request's validated head and raw JSON header. Its payload (if any) is still to be taken.
+    ///
+    /// Between bytes the stall timeout applies; the whole head and header must arrive within the idle timeout of
+    /// the previous request, so a peer dribbling one byte just inside the stall timeout cannot hold its process.
     pub fn next_request(&mut self) -> Result<(FrameHead, Vec<u8>), ConnError> {
+        let deadline = Instant::now() + self.timeouts.idle;
+        self.request_deadline = deadline;
         while self.buffered() < HEAD_LEN {
             let (timeout, what) = if self.buffered() == 0 {
-                (self.timeouts.idle, "waiting for a request")
+                (deadline.saturating_duration_since(Instant::now()), "waiting for a request")
             } else {
-                (self.timeouts.stall, "inside a frame head")
+                within(deadline, self.timeouts.stall, "inside a frame head")
             };
             self.fill(timeout, what)?;
         }
@@ -176,7 +194,8 @@ impl Conn {
                 self.end -= self.start;
                 self.start = 0;
             }
-            self.fill(self.timeouts.stall, "inside a frame header")?;
+            let (timeout, what) = within(deadline, self.timeouts.stall, "inside a frame header");
+            self.fill(timeout, what)?;
         }
         let header = self.buf[self.start + HEAD_LEN..self.start + need].to_vec();
         self.start += need;
@@ -193,10 +212,13 @@ impl Conn {
     }
 
     /// Reads and drops `len` payload bytes, keeping the framing intact after a refused or failed payload.
+    /// Like the head and header, a payload nobody wants (one sent before login, say) must arrive within the
+    /// request's idle timeout, however steadily it trickles.
     pub fn discard_payload(&mut self, mut len: u64) -> Result<(), ConnError> {
         len -= self.take_buffered(len as usize).len() as u64;
         while len > 0 {
-            self.fill(self.timeouts.stall, "discarding a payload")?;
+            let (timeout, what) = within(self.request_deadline, self.timeouts.stall, "discarding a payload");
+            self.fill(timeout, what)?;
             len -= self.take_buffered(len as usize).len() as u64;
         }
         Ok(())

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use netdisk_protocol::frame::encode_message;
-use netdisk_protocol::{ErrorCode, Kind, WireError};
+use netdisk_protocol::{AnyRequest, ErrorCode, FrameHead, Kind, WireError};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -106,6 +106,11 @@ fn accept_all(
             }
         };
         if children.len() >= config.max_children {
+            // Children that exited since the last SIGCHLD was read still count: reap them first. Under a stream of
+            // connections this loop may not return to epoll (and the signalfd) for a long time.
+            reap(children, false);
+        }
+        if children.len() >= config.max_children {
             tracing::warn!(%peer, children = children.len(), "refusing connection: at the child limit");
             send_busy(stream, children.len());
             continue;
@@ -196,26 +201,12 @@ fn stop_children(children: &mut HashSet<Pid>, signal_fd: &SignalFd) {
     }
 }
 
-/// The child: open SQLite (after fork), then serve one connection until it ends. Returns the exit code.
+/// The child: read the first request, open SQLite (after fork), then serve the connection until it ends.
+/// Returns the exit code.
 fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> i32 {
     let span = tracing::info_span!("conn", %peer, pid = std::process::id());
     let _enter = span.enter();
     let started = Instant::now();
-    let meta = match Meta::open(&config.data_dir.join("meta.db")) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the database");
-            return 1;
-        }
-    };
-    let mut session =
-        match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability, config.reserve) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot set up the session");
-                return 1;
-            }
-        };
     let mut conn = match Conn::new(stream, config.timeouts) {
         Ok(c) => c,
         Err(e) => {
@@ -223,9 +214,18 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
             return 1;
         }
     };
-    let ended = serve_connection(&mut session, &mut conn);
+    // The database is opened only once a valid first request has arrived: a peer sending garbage costs a fork
+    // and a read, not a database connection, so a flood of hostile connections stays cheap for everyone else.
+    let mut session = None;
+    let ended = match read_request(&mut conn) {
+        Err(e) => e,
+        Ok((head, request)) => match open_session(config) {
+            Some(s) => serve_connection(session.insert(s), &mut conn, head, request),
+            None => return 1,
+        },
+    };
     let s = conn.stats;
-    let user = session.user_name().unwrap_or("-").to_string();
+    let user = session.as_ref().and_then(Session::user_name).unwrap_or("-").to_string();
     let secs = started.elapsed().as_secs_f64();
     match ended {
         ConnError::Closed => {
@@ -238,22 +238,41 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
     0
 }
 
-/// Reads requests and answers them until the connection ends; returns why it ended.
-fn serve_connection(session: &mut Session, conn: &mut Conn) -> ConnError {
+fn open_session(config: &Config) -> Option<Session> {
+    let meta = match Meta::open(&config.data_dir.join("meta.db")) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the database");
+            return None;
+        }
+    };
+    match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability, config.reserve) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the session");
+            None
+        }
+    }
+}
+
+/// The next request: its validated head, then (only then) its parsed JSON header (L5).
+fn read_request(conn: &mut Conn) -> Result<(FrameHead, AnyRequest), ConnError> {
+    let (head, header) = conn.next_request()?;
+    let request = AnyRequest::decode(head.kind, &header).map_err(|e| ConnError::Hostile(e.to_string()))?;
+    Ok((head, request))
+}
+
+/// Answers `request` and every following one until the connection ends; returns why it ended.
+fn serve_connection(session: &mut Session, conn: &mut Conn, mut head: FrameHead, mut request: AnyRequest) -> ConnError {
     loop {
-        let (head, header) = match conn.next_request() {
-            Ok(x) => x,
-            Err(e) => return e,
-        };
-        // The head is valid; only now is the JSON parsed (L5).
-        let request = match netdisk_protocol::AnyRequest::decode(head.kind, &header) {
-            Ok(r) => r,
-            Err(e) => return ConnError::Hostile(e.to_string()),
-        };
         match session.handle(conn, head, request) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => return ConnError::Hostile("too many failed logins".into()),
             Err(e) => return e,
         }
+        (head, request) = match read_request(conn) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
     }
 }

@@ -48,7 +48,7 @@ enum Command {
         /// Most connections served at once; one more gets a "busy" error.
         #[arg(long, default_value_t = 256)]
         max_children: usize,
-        /// Seconds a connection may wait between requests before it is closed.
+        /// Seconds a connection may take to send its next request (its head and header) before it is closed.
         #[arg(long, default_value_t = 600)]
         idle_timeout: u64,
         /// Seconds a transfer or a half-received request may make no progress before the connection is closed.

@@ -291,8 +291,8 @@ impl Meta {
     /// opens the database, and on a full disk a write here (even of the same version) would fail every new
     /// connection, leaving no way in to read files or delete some.
     fn migrate(&mut self) -> Result<()> {
-        let current: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if current == SCHEMA_VERSION {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
             return Ok(());
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

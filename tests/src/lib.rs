@@ -107,6 +107,16 @@ pub struct ProcInfo {
     /// `R`, `S`, `D`, `Z` (zombie), ...
     pub state: char,
     pub ppid: i32,
+    /// When the process started (clock ticks after boot): with the pid, it names one process even when pids are
+    /// reused.
+    pub start_time: u64,
+}
+
+impl ProcInfo {
+    /// True while this very process (same pid, same start time) exists, zombie or not.
+    pub fn exists(&self) -> bool {
+        proc_info(self.pid).is_some_and(|p| p.start_time == self.start_time)
+    }
 }
 
 /// Parses `/proc/PID/stat`; `None` when the process is gone (or the line is unreadable).
@@ -119,7 +129,9 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
     let mut rest = text.get(close + 1..)?.split_whitespace();
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
-    Some(ProcInfo { pid, comm, state, ppid })
+    // Fields 5 to 21 of the line come next; field 22 is the start time.
+    let start_time = rest.nth(17)?.parse().ok()?;
+    Some(ProcInfo { pid, comm, state, ppid, start_time })
 }
 
 /// Every process whose parent is `ppid`, zombies included, found by scanning `/proc/*/stat`.
@@ -149,6 +161,23 @@ pub fn descendants_of(pid: i32) -> Vec<ProcInfo> {
     }
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// The inode of the loopback TCP socket with local port `local_port` connected to remote port `remote_port`
+/// (from `/proc/net/tcp`), `None` if there is none.
+fn server_socket_inode(local_port: u16, remote_port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    table.lines().skip(1).find_map(|line| {
+        // "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ..."
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (fields.get(1)?, fields.get(2)?, fields.get(9)?);
+        if port_of(local)? == local_port && port_of(remote)? == remote_port {
+            inode.parse().ok().filter(|i| *i != 0)
+        } else {
+            None
+        }
+    })
 }
 
 /// Polls `cond` every few milliseconds until it holds (true) or `timeout` passes (false).
@@ -332,6 +361,20 @@ impl Server {
     /// The server's child processes (one per connection), zombies included.
     pub fn children(&self) -> Vec<ProcInfo> {
         children_of(self.pid)
+    }
+
+    /// The server's child serving the connection `stream` (a socket of this test, connected to this server),
+    /// found through the kernel's socket table: the socket whose remote end is `stream`'s local end, and the child
+    /// holding it. `None` when no child holds it (not accepted yet, refused, or closed).
+    pub fn child_serving(&self, stream: &TcpStream) -> Option<ProcInfo> {
+        let local = stream.local_addr().ok()?;
+        let inode = server_socket_inode(self.addr.port(), local.port())?;
+        let want = format!("socket:[{inode}]");
+        self.children().into_iter().find(|child| {
+            std::fs::read_dir(format!("/proc/{}/fd", child.pid)).is_ok_and(|fds| {
+                fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+            })
+        })
     }
 
     /// The server's children that are not zombies.

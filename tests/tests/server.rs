@@ -17,6 +17,8 @@ mod dedup;
 mod frames;
 #[path = "server/fsck.rs"]
 mod fsck;
+#[path = "server/hostile.rs"]
+mod hostile;
 #[path = "server/listing.rs"]
 mod listing;
 #[path = "server/process.rs"]
