@@ -233,7 +233,8 @@ fn run_child(config: &Config, stream: TcpStream, peer: std::net::SocketAddr) -> 
 }
 
 /// Reads requests and answers them until the connection ends; returns why it ended.
-fn serve_connection(session: &mut Session, conn: &mut Conn) -> ConnError {
+/// (The `session` fuzz target drives a connection through here too, see `fuzz.rs`.)
+pub fn serve_connection(session: &mut Session, conn: &mut Conn) -> ConnError {
     loop {
         let (head, header) = match conn.next_request() {
             Ok(x) => x,

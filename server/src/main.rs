@@ -1,14 +1,5 @@
 //! `netdisk-server`: `serve` a data directory, or manage its users (`user add`).
-//! Only argument handling lives here; `listener` runs the server.
-
-mod blobs;
-mod conn;
-mod error;
-mod handler;
-mod listener;
-mod meta;
-mod splice;
-mod users;
+//! Only argument handling lives here; `listener` (in the library, `lib.rs`) runs the server.
 
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
@@ -17,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-
-use crate::conn::Timeouts;
+use netdisk_server::conn::Timeouts;
+use netdisk_server::{blobs, listener, meta, users};
 
 #[derive(Parser)]
 #[command(
