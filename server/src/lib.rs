@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod conn;
 pub mod error;
 pub mod handler;
+pub mod integrity;
 pub mod listener;
 pub mod meta;
 pub mod splice;
