@@ -1,9 +1,11 @@
-//! The netdisk server as a library: the binary (`main.rs`) only parses the command line and calls
-//! [`listener::serve`].
+//! The netdisk server as a library. The binary (`main.rs`) only parses the command line and calls
+//! [`listener::serve`]; the `session` fuzz target and its corpus replay drive one connection through
+//! [`listener::serve_connection`] with [`fuzz::session`], the same code a forked child runs.
 
 pub mod blobs;
 pub mod conn;
 pub mod error;
+pub mod fuzz;
 pub mod handler;
 pub mod integrity;
 pub mod listener;
