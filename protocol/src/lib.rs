@@ -45,6 +45,7 @@
 pub mod client;
 pub mod error;
 pub mod frame;
+pub mod fuzz;
 pub mod io;
 pub mod kind;
 pub mod message;

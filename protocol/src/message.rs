@@ -3,7 +3,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, WireError};
+use crate::frame::encode_message;
 use crate::kind::Kind;
 
 /// A request type, tied to its kind on the wire and to the type of its successful response.
@@ -342,6 +343,49 @@ macro_rules! requests {
             pub fn kind(&self) -> Kind {
                 match self {
                     $(AnyRequest::$name(_) => Kind::$name,)*
+                }
+            }
+
+            /// Encodes the head and JSON header of this request; `payload_len` payload bytes are to follow.
+            pub fn encode(&self, request_id: u64, payload_len: u32) -> Vec<u8> {
+                match self {
+                    $(AnyRequest::$name(r) => encode_message(Kind::$name, request_id, r, payload_len),)*
+                }
+            }
+        }
+
+        /// Any response (named by the request it answers) or an error, decoded from a frame whose kind was validated first.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum AnyResponse {
+            $($name($res),)*
+            Error(WireError),
+        }
+
+        impl AnyResponse {
+            /// Parses the JSON header of a response frame of the given (already validated) kind.
+            pub fn decode(kind: Kind, header: &[u8]) -> Result<AnyResponse, DecodeError> {
+                let json = |e: serde_json::Error| DecodeError::Json { kind, reason: e.to_string() };
+                if kind == Kind::Error {
+                    return serde_json::from_slice(header).map(AnyResponse::Error).map_err(json);
+                }
+                $(if Kind::$name.response() == Some(kind) {
+                    return serde_json::from_slice(header).map(AnyResponse::$name).map_err(json);
+                })*
+                Err(DecodeError::NotAResponse(kind))
+            }
+
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(AnyResponse::$name(_) => Kind::$name.response().expect("requests have responses"),)*
+                    AnyResponse::Error(_) => Kind::Error,
+                }
+            }
+
+            /// Encodes the head and JSON header of this response; `payload_len` payload bytes are to follow.
+            pub fn encode(&self, request_id: u64, payload_len: u32) -> Vec<u8> {
+                match self {
+                    $(AnyResponse::$name(r) => encode_message(self.kind(), request_id, r, payload_len),)*
+                    AnyResponse::Error(e) => encode_message(Kind::Error, request_id, e, payload_len),
                 }
             }
         }

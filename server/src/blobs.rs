@@ -196,6 +196,12 @@ pub struct RunningHash {
     sha256: Sha256,
 }
 
+impl Default for RunningHash {
+    fn default() -> RunningHash {
+        RunningHash::new()
+    }
+}
+
 impl RunningHash {
     pub fn new() -> RunningHash {
         RunningHash { md5: Md5::new(), sha256: Sha256::new() }

@@ -50,6 +50,34 @@ pub struct Session {
     user: Option<User>,
     failed_logins: u32,
     challenges: VecDeque<Challenge>,
+    random: Random,
+}
+
+/// Where challenge ids, nonces and proof ranges come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Random {
+    /// The operating system's random source: what a server always uses.
+    Os,
+    /// The numbers from this one on (1, 2, 3 ...): a session that replays the same way every time, for the fuzz
+    /// target and its corpus. Never for serving: it makes challenges predictable.
+    Counter(u64),
+}
+
+impl Random {
+    fn next_u64(&mut self) -> u64 {
+        match self {
+            Random::Os => {
+                let mut bytes = [0u8; 8];
+                getrandom::getrandom(&mut bytes).expect("the OS random source works");
+                u64::from_ne_bytes(bytes)
+            }
+            Random::Counter(n) => {
+                let value = *n;
+                *n = n.wrapping_add(1);
+                value
+            }
+        }
+    }
 }
 
 /// Answers a request: its response, or an error response with the wire code.
@@ -69,18 +97,14 @@ fn send_error(conn: &mut Conn, request_id: u64, e: &Error) -> Result<(), ConnErr
     conn.send_message(Kind::Error, request_id, &e.to_wire())
 }
 
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).expect("the OS random source works");
-    u64::from_ne_bytes(bytes)
-}
-
 /// Ranges whose md5 proves a client holds content of `size` bytes: the whole of a small file, else random windows.
-fn choose_ranges(size: u64) -> Vec<ByteRange> {
+fn choose_ranges(size: u64, random: &mut Random) -> Vec<ByteRange> {
     if size <= PROOF_RANGE * PROOF_RANGES as u64 {
         return vec![ByteRange { offset: 0, len: size }];
     }
-    (0..PROOF_RANGES).map(|_| ByteRange { offset: random_u64() % (size - PROOF_RANGE + 1), len: PROOF_RANGE }).collect()
+    (0..PROOF_RANGES)
+        .map(|_| ByteRange { offset: random.next_u64() % (size - PROOF_RANGE + 1), len: PROOF_RANGE })
+        .collect()
 }
 
 /// The running hash of a physical file's first `hashed_chunks` chunks (a fresh one before any).
@@ -127,7 +151,14 @@ impl Session {
             user: None,
             failed_logins: 0,
             challenges: VecDeque::new(),
+            random: Random::Os,
         })
+    }
+
+    /// The same session drawing its challenges from `random` (the fuzz target's replayable sessions).
+    pub fn with_random(mut self, random: Random) -> Session {
+        self.random = random;
+        self
     }
 
     pub fn user_name(&self) -> Option<&str> {
@@ -278,8 +309,9 @@ impl Session {
             });
         }
         // Anything else gets a challenge, whether or not another user holds the content, so the answer reveals nothing.
-        let nonce = format!("{:016x}{:016x}", random_u64(), random_u64());
-        let challenge = Challenge { id: random_u64(), nonce, ranges: choose_ranges(r.size), request: r };
+        let nonce = format!("{:016x}{:016x}", self.random.next_u64(), self.random.next_u64());
+        let id = self.random.next_u64();
+        let challenge = Challenge { id, nonce, ranges: choose_ranges(r.size, &mut self.random), request: r };
         let res = UploadFileRes::Challenge {
             challenge_id: challenge.id,
             nonce: challenge.nonce.clone(),

@@ -256,14 +256,20 @@ fn open_session(config: &Config) -> Option<Session> {
 }
 
 /// The next request: its validated head, then (only then) its parsed JSON header (L5).
-fn read_request(conn: &mut Conn) -> Result<(FrameHead, AnyRequest), ConnError> {
+pub fn read_request(conn: &mut Conn) -> Result<(FrameHead, AnyRequest), ConnError> {
     let (head, header) = conn.next_request()?;
     let request = AnyRequest::decode(head.kind, &header).map_err(|e| ConnError::Hostile(e.to_string()))?;
     Ok((head, request))
 }
 
 /// Answers `request` and every following one until the connection ends; returns why it ended.
-fn serve_connection(session: &mut Session, conn: &mut Conn, mut head: FrameHead, mut request: AnyRequest) -> ConnError {
+/// (The `session` fuzz target drives a connection through here too, see `fuzz.rs`.)
+pub fn serve_connection(
+    session: &mut Session,
+    conn: &mut Conn,
+    mut head: FrameHead,
+    mut request: AnyRequest,
+) -> ConnError {
     loop {
         match session.handle(conn, head, request) {
             Ok(Flow::Continue) => {}

@@ -1,17 +1,6 @@
 //! `netdisk-server`: `serve` a data directory, manage its users (`user add|list|passwd|quota|remove`), report
 //! what it holds (`stats`), or check it (`fsck`).
-//! Only argument handling lives here; `listener` runs the server.
-
-mod blobs;
-mod conn;
-mod error;
-mod fsck;
-mod handler;
-mod listener;
-mod meta;
-mod recovery;
-mod splice;
-mod users;
+//! Only argument handling lives here; `listener` (in the library, `lib.rs`) runs the server.
 
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
@@ -20,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-
-use crate::conn::Timeouts;
+use netdisk_server::conn::Timeouts;
+use netdisk_server::{blobs, error, fsck, listener, meta, recovery, users};
 
 #[derive(Parser)]
 #[command(
