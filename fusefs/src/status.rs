@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use netdisk_protocol::human_bytes;
 use serde::{Deserialize, Serialize};
 
 pub const XATTR_STATUS: &str = "user.netdisk.status";
@@ -108,21 +109,6 @@ fn percent(part: u64, whole: u64) -> u64 {
     (part.saturating_mul(100)).checked_div(whole).unwrap_or(100)
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 /// The status of the mount at `mountpoint`, read from its root's extended attribute.
 pub fn read(mountpoint: &Path) -> anyhow::Result<Status> {
     let value = xattr_of(mountpoint, XATTR_STATUS)
@@ -161,10 +147,10 @@ pub fn render(mountpoint: &Path, s: &Status) -> String {
         out += &format!(
             "uploading {}: {} of {} ({}%), {}/s\n",
             u.path,
-            human(u.sent),
-            human(u.size),
+            human_bytes(u.sent),
+            human_bytes(u.size),
             percent(u.sent, u.size),
-            human(rate as u64)
+            human_bytes(rate as u64)
         );
     }
     if s.waiting.is_empty() {
@@ -172,7 +158,7 @@ pub fn render(mountpoint: &Path, s: &Status) -> String {
     } else {
         out += &format!("waiting to upload: {}\n", s.waiting.join(", "));
     }
-    out += &format!("cache: {} of {} in {}\n", human(s.cache_used), human(s.cache_limit), s.cache_dir);
+    out += &format!("cache: {} of {} in {}\n", human_bytes(s.cache_used), human_bytes(s.cache_limit), s.cache_dir);
     out
 }
 

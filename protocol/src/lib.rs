@@ -77,6 +77,22 @@ pub const MAX_DIR_PAGE: u32 = 512;
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = MAX_PAYLOAD;
 
+/// Bytes for people: `1023 B`, `1.5 GiB` (powers of 1024).
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 /// Lowercase hex md5 of `data`.
 pub fn md5_hex(data: &[u8]) -> String {
     use md5::{Digest, Md5};

@@ -361,11 +361,21 @@ impl Session {
                 return send_error(conn, id, &e);
             }
         };
-        let received = splice::receive_to_file(conn, &mut self.pipe, &file, 0, payload_len as u64)?;
+        // Whatever goes wrong, the half-made physical file goes too: even when the connection itself ends.
+        let discard = |s: &mut Session| {
+            s.meta.discard_pfile(pfile.id).ok();
+            s.blobs.remove(pfile.id);
+        };
+        let received = match splice::receive_to_file(conn, &mut self.pipe, &file, 0, payload_len as u64) {
+            Ok(received) => received,
+            Err(e) => {
+                discard(self);
+                return Err(e);
+            }
+        };
         let result = received.map_err(Error::from).and_then(|()| self.seal_inline(user, &r, &pfile, &file));
         if result.is_err() {
-            self.meta.discard_pfile(pfile.id).ok();
-            self.blobs.remove(pfile.id);
+            discard(self);
         }
         respond::<UploadFile>(conn, id, result.map(|attr| UploadFileRes::Instant { attr }))
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use netdisk_protocol::human_bytes;
 use netdisk_server::conn::Timeouts;
 use netdisk_server::{blobs, error, fsck, listener, meta, recovery, users};
 
@@ -175,22 +176,6 @@ fn parse_quota(text: &str) -> Result<Quota, String> {
     parse_size(text).map(|q| Quota(Some(q)))
 }
 
-/// Bytes for people: 1.5 GiB.
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut to_file = false;
@@ -283,13 +268,13 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "files           {} ({}), {} directories, {} others",
                 s.files,
-                human(s.file_bytes),
+                human_bytes(s.file_bytes),
                 s.directories,
                 s.others
             );
-            println!("physical files  {} ({} stored)", s.physical_files, human(s.stored_bytes));
-            println!("dedup saves     {}", human(s.file_bytes.saturating_sub(s.stored_bytes)));
-            println!("uploads         {} unfinished ({})", s.uploads, human(s.unfinished_bytes));
+            println!("physical files  {} ({} stored)", s.physical_files, human_bytes(s.stored_bytes));
+            println!("dedup saves     {}", human_bytes(s.file_bytes.saturating_sub(s.stored_bytes)));
+            println!("uploads         {} unfinished ({})", s.uploads, human_bytes(s.unfinished_bytes));
             Ok(())
         }
     }
@@ -319,8 +304,15 @@ fn user_command(command: UserCommand) -> anyhow::Result<()> {
             let users = open_existing(&data)?.list_users().map_err(failed("cannot list users".into()))?;
             println!("{:<24} {:>10} {:>12} {:>12}  created", "user", "files", "used", "quota");
             for u in users {
-                let quota = u.quota.map_or("none".to_string(), human);
-                println!("{:<24} {:>10} {:>12} {:>12}  {}", u.name, u.files, human(u.bytes), quota, date(u.created));
+                let quota = u.quota.map_or("none".to_string(), human_bytes);
+                println!(
+                    "{:<24} {:>10} {:>12} {:>12}  {}",
+                    u.name,
+                    u.files,
+                    human_bytes(u.bytes),
+                    quota,
+                    date(u.created)
+                );
             }
         }
         UserCommand::Passwd { name, data } => {
@@ -332,7 +324,7 @@ fn user_command(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Quota { name, quota: Quota(quota), data } => {
             open_existing(&data)?.set_quota(&name, quota).map_err(failed(format!("cannot set the quota of {name}")))?;
-            println!("quota of {name}: {}", quota.map_or("none".to_string(), human));
+            println!("quota of {name}: {}", quota.map_or("none".to_string(), human_bytes));
         }
         UserCommand::Remove { name, data } => {
             let mut meta = open_existing(&data)?;
@@ -412,8 +404,8 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("M").is_err());
         assert!(matches!(parse_quota("none"), Ok(Quota(None))));
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(date(1_795_564_800), "2026-11-25");
         assert_eq!(date(951_782_400), "2000-02-29");

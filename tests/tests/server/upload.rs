@@ -8,7 +8,9 @@ use netdisk_e2e::netdisk_protocol::{
     chunk_crc, md5_hex, ErrorCode, ProveOwnership, QueryChunk, UploadChunk, UploadFileRes, MAX_INLINE_UPLOAD,
     MAX_PAYLOAD,
 };
-use netdisk_e2e::{begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, ServerOpts};
+use netdisk_e2e::{
+    begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, wait_until, ServerOpts,
+};
 
 use netdisk_e2e::netdisk_protocol::client::range_of;
 
@@ -646,4 +648,30 @@ fn replacing_an_upload_whose_content_completed_elsewhere_releases_it() {
         }
         server.assert_fsck_clean();
     }
+}
+
+/// A small file whose bytes stop halfway (the client goes away) leaves nothing behind: no entry, no physical file.
+#[test]
+fn a_small_file_cut_off_halfway_leaves_nothing() {
+    use std::io::Write;
+    let server = server_with_alice_and_bob(ServerOpts::default());
+    let data = random_bytes(41, 20_000);
+    let mut stream = server.raw_connect();
+    let login = netdisk_e2e::netdisk_protocol::Login { user: crate::ALICE.into(), password: crate::ALICE_PW.into() };
+    let mut bytes =
+        netdisk_e2e::netdisk_protocol::frame::encode_message(netdisk_e2e::netdisk_protocol::Kind::Login, 1, &login, 0);
+    bytes.extend(netdisk_e2e::netdisk_protocol::frame::encode_message(
+        netdisk_e2e::netdisk_protocol::Kind::UploadFile,
+        2,
+        &upload_request("/cut", &data),
+        data.len() as u32,
+    ));
+    bytes.extend_from_slice(&data[..data.len() / 2]);
+    stream.write_all(&bytes).expect("send");
+    assert!(wait_until(Duration::from_secs(20), || blob_files(&server) == 1), "the half file reaches its blob");
+    drop(stream);
+    assert!(server.wait_for_children(0, Duration::from_secs(20)), "the connection process ends");
+    expect_code(alice(&server).stat("/cut"), ErrorCode::NotFound, "the cut-off file");
+    assert_eq!(blob_files(&server), 0, "no blob left");
+    server.assert_fsck_clean();
 }
