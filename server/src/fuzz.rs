@@ -2,7 +2,7 @@
 //! (`server/tests/fuzz_corpus.rs`) so that both run exactly this code: one connection's bytes, sent over loopback
 //! TCP to [`serve_connection`] (the loop a forked child runs) in a fresh copy of a prepared data directory.
 //! It panics when the server breaks a promise: a panic while serving, a hang, a malformed answer, or a data
-//! directory left inconsistent ([`integrity::check`]). Nothing in the server calls it.
+//! directory left inconsistent ([`crate::fsck::check`]). Nothing in the server calls it.
 //!
 //! The session is replayable: challenges come from [`Random::Counter`] and the data directory always starts the
 //! same, so the bytes a scripted client sent ([`record`]) replay to the same answers: those recordings seed the corpus.
@@ -20,7 +20,6 @@ use netdisk_protocol::{AnyRequest, AnyResponse, Kind, MIN_CHUNK_SIZE};
 use crate::blobs::Durability;
 use crate::conn::{Conn, ConnError, Timeouts};
 use crate::handler::{Random, Session};
-use crate::integrity;
 use crate::listener::{read_request, serve_connection};
 use crate::meta::Meta;
 
@@ -90,7 +89,7 @@ pub fn session(input: &[u8]) {
     };
     check_answers(input, &answers, complete);
     // The template's blobs were verified when it was built: unchanged, they need no hashing again.
-    let problems = integrity::check(dir.path(), template());
+    let problems = fsck_problems(dir.path());
     assert!(problems.is_empty(), "the data directory is inconsistent after the session:\n{}", problems.join("\n"));
 }
 
@@ -224,7 +223,7 @@ fn template() -> &'static [(PathBuf, Vec<u8>)] {
     TEMPLATE.get_or_init(|| {
         let dir = scratch_dir("netdisk-fuzz-template-");
         build(dir.path());
-        let problems = integrity::check(dir.path(), &[]);
+        let problems = fsck_problems(dir.path());
         assert!(problems.is_empty(), "the prepared data directory is inconsistent:\n{}", problems.join("\n"));
         let mut files = Vec::new();
         let mut pending = vec![dir.path().to_path_buf()];
@@ -291,4 +290,12 @@ fn cheap_hash(password: &str) -> String {
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let salt = SaltString::from_b64("bmV0ZGlzay1mdXp6").expect("a salt");
     argon.hash_password(password.as_bytes(), &salt).expect("a hash").to_string()
+}
+
+/// Everything `netdisk-server fsck` finds wrong with a data directory, one line each.
+fn fsck_problems(dir: &Path) -> Vec<String> {
+    match crate::fsck::check(dir) {
+        Ok(report) => report.problems,
+        Err(e) => vec![format!("cannot check: {e}")],
+    }
 }

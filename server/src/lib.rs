@@ -8,7 +8,6 @@ pub mod error;
 pub mod fsck;
 pub mod fuzz;
 pub mod handler;
-pub mod integrity;
 pub mod listener;
 pub mod meta;
 pub mod recovery;
