@@ -187,7 +187,7 @@ impl NetFs {
         let cached = {
             let t = self.inodes();
             t.child(parent, name)
-                .and_then(|ino| t.get(ino).map(|n| (ino, n.remote.is_none() || n.fetched.elapsed() < self.config.ttl)))
+                .and_then(|ino| t.get(ino).map(|n| (ino, n.remote.is_none() || t.fresh(ino, self.config.ttl))))
         };
         if let Some((ino, true)) = cached {
             self.inodes().looked_up(ino);
@@ -226,7 +226,7 @@ impl NetFs {
         let (fresh, local) = {
             let t = self.inodes();
             let n = t.get(ino).ok_or_else(not_found)?;
-            (n.fetched.elapsed() < self.config.ttl, n.remote.is_none() || n.parent == 0)
+            (t.fresh(ino, self.config.ttl), n.remote.is_none() || n.parent == 0)
         };
         if fresh || local {
             return self.entry(ino).await;
@@ -286,6 +286,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Mkdir { path, mode, owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -295,6 +296,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Symlink { path, target: target.to_string(), owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -312,6 +314,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Mknod { path, kind, mode, rdev, owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -341,9 +344,26 @@ impl NetFs {
             self.remote.call(&DeleteFile { path }).await?;
         }
         let gone = self.inodes().detach(parent, name);
-        let nameless = gone.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        self.inodes().invalidate(parent);
+        let nameless = self.lost_link(gone);
         self.orphan(nameless).await;
         Ok(())
+    }
+
+    /// A node lost one of its names (unlink, or replaced by a rename). One that still has a name here is
+    /// fetched again (link count, ctime); a nameless one can only be reached through open descriptors, so its
+    /// attributes are brought up to date here. Returns it when nameless.
+    fn lost_link(&self, ino: Option<u64>) -> Option<u64> {
+        let ino = ino?;
+        let mut t = self.inodes();
+        let node = t.get_mut(ino)?;
+        if node.parent != 0 {
+            t.invalidate(ino);
+            return None;
+        }
+        node.attr.nlink = node.attr.nlink.saturating_sub(1);
+        node.attr.ctime = now();
+        Some(ino)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
@@ -352,7 +372,9 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Rmdir { path }).await?;
         }
-        self.inodes().detach(parent, name);
+        let mut t = self.inodes();
+        t.detach(parent, name);
+        t.invalidate(parent);
         Ok(())
     }
 
@@ -385,9 +407,22 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Rename { from, to, noreplace }).await?;
         }
-        let replaced = self.inodes().child(new_parent, new_name);
-        self.inodes().rename(parent, name, new_parent, new_name);
-        let nameless = replaced.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        let replaced = {
+            let mut t = self.inodes();
+            let moved = t.child(parent, name);
+            let replaced = t.child(new_parent, new_name);
+            if replaced.is_some() && replaced == moved {
+                // Two names of one node: rename(2) does nothing, and neither did the server.
+                return Ok(());
+            }
+            t.rename(parent, name, new_parent, new_name);
+            // Both directories' times (and link counts, for a directory moved), the node's ctime.
+            for ino in [Some(parent), Some(new_parent), moved].into_iter().flatten() {
+                t.invalidate(ino);
+            }
+            replaced
+        };
+        let nameless = self.lost_link(replaced);
         self.orphan(nameless).await;
         Ok(())
     }
@@ -400,6 +435,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Link { existing, new }).await?.attr
         };
+        self.inodes().invalidate(new_parent);
         self.remembered(new_parent, new_name, attr).await
     }
 
