@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
-use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
+use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::Inodes;
 
 /// Blocks fetched ahead of a sequential reader.
@@ -98,15 +98,12 @@ pub struct NetFs {
     inflight: Mutex<HashMap<(String, u64), BlockCell>>,
     mutations: Mutations,
     config: Config,
+    /// Makes the kernel drop its cached attributes of an inode (set by the FUSE glue once mounted).
+    kernel_attrs: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn not_found() -> FsError {
     FsError::Errno(libc::ENOENT)
-}
-
-fn now() -> Timespec {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -127,6 +124,18 @@ impl NetFs {
             inflight: Mutex::new(HashMap::new()),
             mutations: Mutations::default(),
             config,
+            kernel_attrs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How to make the kernel drop its cached attributes of an inode, for changes it does not see itself.
+    pub fn on_kernel_attrs_stale(&self, drop_attrs: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.kernel_attrs.set(Box::new(drop_attrs));
+    }
+
+    fn kernel_attrs_stale(&self, ino: u64) {
+        if let Some(drop_attrs) = self.kernel_attrs.get() {
+            drop_attrs(ino);
         }
     }
 
@@ -155,6 +164,7 @@ impl NetFs {
             attr.size = s.size;
             if s.dirty {
                 attr.mtime = s.mtime.unwrap_or(attr.mtime);
+                attr.ctime = s.ctime.map_or(attr.ctime, |c| c.max(attr.ctime));
             }
             if attr.ino == 0 {
                 attr.mode = s.mode;
@@ -465,9 +475,19 @@ impl NetFs {
                 Some(SetTime::Now) => s.mtime = Some(now()),
                 None => {}
             }
+            s.ctime = Some(now());
             size_on_server = None;
         }
         if self.is_local(ino) {
+            // Mode, owner, size and mtime are the staging file's (the upload carries them); atime is kept here.
+            if let Some(atime) = ch.atime {
+                if let Some(node) = self.inodes().get_mut(ino) {
+                    node.attr.atime = match atime {
+                        SetTime::At(t) => t,
+                        SetTime::Now => now(),
+                    };
+                }
+            }
             return self.entry(ino).await;
         }
         let path = self.path(ino)?;
@@ -501,9 +521,10 @@ impl NetFs {
             return Err(not_found());
         }
         let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
-        staging.dirty = true;
-        staging.written_by(pid);
         let t = now();
+        // The upload carries the creation time as mtime: the file keeps the times it was created with.
+        (staging.dirty, staging.mtime, staging.ctime) = (true, Some(t), Some(t));
+        staging.written_by(pid);
         let attr = Attr {
             ino: 0,
             kind: NodeKind::File,
@@ -561,7 +582,10 @@ impl NetFs {
                 let mut s =
                     Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
                 if truncate {
-                    s.dirty = attr.size > 0;
+                    if attr.size > 0 {
+                        // Empty already: this records the change (dirty, mtime and ctime now).
+                        s.truncate(0)?;
+                    }
                 } else if attr.size > 0 {
                     let md5 = attr.md5.as_deref().unwrap_or_default();
                     self.download_into(ino, md5, attr.size, &mut s).await?;
@@ -597,20 +621,20 @@ impl NetFs {
             staging.write(offset, &bytes)?;
             offset += bytes.len() as u64;
         }
-        staging.dirty = false;
+        // The server's content, with the server's times.
+        (staging.dirty, staging.mtime, staging.ctime) = (false, None, None);
         Ok(())
     }
 
     /// Brings the content of a server-side copy into the staging file, before it is read or changed locally.
     async fn load(&self, ino: u64, staging: &mut Staging) -> Result<()> {
         if let Some((md5, size)) = staging.remote_content.take() {
-            let (dirty, mtime) = (staging.dirty, staging.mtime);
+            let (dirty, mtime, ctime) = (staging.dirty, staging.mtime, staging.ctime);
             if let Err(e) = self.download_into(ino, &md5, size, staging).await {
                 staging.remote_content = Some((md5, size));
                 return Err(e);
             }
-            staging.dirty = dirty;
-            staging.mtime = mtime;
+            (staging.dirty, staging.mtime, staging.ctime) = (dirty, mtime, ctime);
         }
         Ok(())
     }
@@ -775,10 +799,25 @@ impl NetFs {
         };
         tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
         s.dirty = false;
-        let mut t = self.inodes();
-        t.set_remote(ino, attr);
-        if let Some(node) = t.get_mut(ino) {
-            node.cached_md5 = None;
+        let created_in = {
+            let mut t = self.inodes();
+            let created = t.get(ino).is_some_and(|n| n.remote.is_none());
+            t.set_remote(ino, attr);
+            let parent = t.get_mut(ino).map_or(0, |node| {
+                node.cached_md5 = None;
+                node.parent
+            });
+            // A new name on the server: its directory's times changed there.
+            let created_in = (created && parent != 0).then_some(parent);
+            if let Some(dir) = created_in {
+                t.invalidate(dir);
+            }
+            created_in
+        };
+        // The kernel did not see the upload (it happens at close): its copies of these attributes are old.
+        self.kernel_attrs_stale(ino);
+        if let Some(dir) = created_in {
+            self.kernel_attrs_stale(dir);
         }
         Ok(())
     }

@@ -32,6 +32,16 @@ impl FuseFs {
     }
 }
 
+/// Drops the kernel's cached attributes of an inode (not its cached pages): for changes made behind the kernel's
+/// back, such as an upload at close. Only attributes, so no inode lock is taken: safe from within a request.
+pub fn attr_invalidator(notifier: fuser::Notifier) -> impl Fn(u64) + Send + Sync + 'static {
+    move |ino| {
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!(ino, error = %e, "attribute invalidation not delivered");
+        }
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     let n = e.errno();
     if n == libc::EIO {

@@ -25,10 +25,13 @@ pub struct Staging {
     pub unlinked: bool,
     /// md5 of the content as it is written.
     running_md5: RunningMd5,
-    /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet).
+    /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet). The mtime is the
+    /// time of the last write or truncate here (or the one `utimensat` set), not the time of the upload.
     pub mode: u32,
     pub owner: Owner,
     pub mtime: Option<Timespec>,
+    /// When the content last changed here: the ctime to show until the upload (the server then sets its own).
+    pub ctime: Option<Timespec>,
     /// Set after a server-side copy: the content is the server's file with this md5 and size, and the staging
     /// file is still empty; it is downloaded before the first local read or change.
     pub remote_content: Option<(String, u64)>,
@@ -37,6 +40,12 @@ pub struct Staging {
     /// Threads already counted in `writers` (FUSE requests carry thread ids): `/proc` is read once per thread,
     /// not once per write.
     writer_threads: HashSet<u32>,
+}
+
+/// The time now, by this machine's clock.
+pub fn now() -> Timespec {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
 /// The process (thread group) a thread belongs to: FUSE requests carry the thread id.
@@ -65,6 +74,7 @@ impl Staging {
             mode,
             owner,
             mtime: None,
+            ctime: None,
             remote_content: None,
             writers: HashSet::new(),
             writer_threads: HashSet::new(),
@@ -74,8 +84,7 @@ impl Staging {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)?;
         self.size = self.size.max(offset + data.len() as u64);
-        self.dirty = true;
-        self.mtime = None;
+        self.changed();
         self.running_md5.written(offset, data);
         Ok(())
     }
@@ -111,8 +120,16 @@ impl Staging {
         self.file.set_len(size)?;
         self.running_md5.truncated(size);
         self.size = size;
-        self.dirty = true;
+        self.changed();
         Ok(())
+    }
+
+    /// The content changed now: mtime and ctime follow, as on a local file system.
+    fn changed(&mut self) {
+        let t = now();
+        self.dirty = true;
+        self.mtime = Some(t);
+        self.ctime = Some(t);
     }
 
     /// The md5 of the staged content: from the running hash when writes were sequential, else by reading it back.

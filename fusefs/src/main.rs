@@ -127,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cache = cache::Cache::new(blocks_dir.clone(), cli.cache_size_mib << 20)?;
     let config = fs::Config { ttl, staging_dir, upload_parallelism: cli.connections.max(1) };
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
-    let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl);
+    let filesystem = fuse::FuseFs::new(netfs.clone(), runtime.handle().clone(), ttl);
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -144,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let session = fuser::Session::new(filesystem, &mountpoint, &options)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    netfs.on_kernel_attrs_stale(fuse::attr_invalidator(session.notifier()));
     let background = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     println!("mounted {} on {}", credentials.addr, mountpoint.display());
