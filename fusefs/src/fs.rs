@@ -651,6 +651,16 @@ impl NetFs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate(2)` of a file open for writing, done on its staging file (the upload at close sends the bytes).
+    pub async fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32, pid: u32) -> Result<()> {
+        let staging = self.open_files().staging(ino).ok_or(FsError::Errno(libc::EBADF))?;
+        let mut s = staging.lock().await;
+        self.load(ino, &mut s).await?;
+        s.fallocate(offset, len, mode)?;
+        s.written_by(pid);
+        Ok(())
+    }
+
     pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let staging = self.open_files().staging(ino);
         if let Some(staging) = staging {

@@ -470,6 +470,25 @@ impl Filesystem for FuseFs {
         });
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, pid) = (self.fs.clone(), req.pid());
+        self.rt.spawn(async move {
+            match fs.fallocate(ino.0, offset, length, mode, pid).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Every directory change is committed on the server before it is answered.
         reply.ok();

@@ -124,6 +124,26 @@ impl Staging {
         Ok(())
     }
 
+    /// `fallocate(2)` on the staging file: allocation (extending the size unless `FALLOC_FL_KEEP_SIZE`),
+    /// `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE` (zeros in place). A hole uploads as zeros.
+    pub fn fallocate(&mut self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let os_error = io::Error::from_raw_os_error;
+        let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(os_error(libc::EFBIG))?;
+        let flags = nix::fcntl::FallocateFlags::from_bits(mode).ok_or(os_error(libc::EOPNOTSUPP))?;
+        nix::fcntl::fallocate(&self.file, flags, offset as i64, len as i64)?;
+        let grows = mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > self.size;
+        let zeroed = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 && offset < self.size;
+        if grows {
+            self.size = end;
+        }
+        if grows || zeroed {
+            // Bytes changed without a write: the running md5 cannot follow, the upload hashes the file.
+            self.running_md5.forget();
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// The content changed now: mtime and ctime follow, as on a local file system.
     fn changed(&mut self) {
         let t = now();
@@ -252,5 +272,24 @@ mod tests {
         assert_eq!(s.read(1, 100).unwrap(), b"ello");
         s.discard();
         assert!(!s.path.exists());
+    }
+
+    #[test]
+    fn fallocate_punches_zeros_and_grows_and_the_md5_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default()).unwrap();
+        let mut want = vec![7u8; 10_000];
+        s.write(0, &want).unwrap();
+        s.fallocate(4096, 4096, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).unwrap();
+        want[4096..8192].fill(0);
+        assert_eq!((s.size, s.read(0, 20_000).unwrap()), (10_000, want.clone()));
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        s.fallocate(9000, 3000, 0).unwrap();
+        want.resize(12_000, 0);
+        assert_eq!(s.size, 12_000);
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        s.fallocate(0, 100_000, libc::FALLOC_FL_KEEP_SIZE).unwrap();
+        assert_eq!(s.size, 12_000, "KEEP_SIZE allocates without growing");
+        s.discard();
     }
 }
