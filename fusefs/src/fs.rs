@@ -478,6 +478,13 @@ impl NetFs {
             s.ctime = Some(now());
             size_on_server = None;
         }
+        // A truncate of a staged file changes content that reaches the server with the upload: no server call
+        // (its times are the staging file's until then).
+        let size_only =
+            ch.mode.is_none() && ch.uid.is_none() && ch.gid.is_none() && ch.atime.is_none() && ch.mtime.is_none();
+        if staging.is_some() && size_only {
+            return self.entry(ino).await;
+        }
         if self.is_local(ino) {
             // Mode, owner, size and mtime are the staging file's (the upload carries them); atime is kept here.
             if let Some(atime) = ch.atime {
