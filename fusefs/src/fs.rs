@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
-use crate::handles::{Handle, OpenFiles, SharedStaging, Staging};
+use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::{Inodes, ROOT};
 use crate::status::{self, Status, UploadBoard};
 
@@ -105,15 +105,12 @@ pub struct NetFs {
     mutations: Mutations,
     config: Config,
     uploads: UploadBoard,
+    /// Makes the kernel drop its cached attributes of an inode (set by the FUSE glue once mounted).
+    kernel_attrs: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn not_found() -> FsError {
     FsError::Errno(libc::ENOENT)
-}
-
-fn now() -> Timespec {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -135,6 +132,18 @@ impl NetFs {
             mutations: Mutations::default(),
             config,
             uploads: UploadBoard::default(),
+            kernel_attrs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How to make the kernel drop its cached attributes of an inode, for changes it does not see itself.
+    pub fn on_kernel_attrs_stale(&self, drop_attrs: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.kernel_attrs.set(Box::new(drop_attrs));
+    }
+
+    fn kernel_attrs_stale(&self, ino: u64) {
+        if let Some(drop_attrs) = self.kernel_attrs.get() {
+            drop_attrs(ino);
         }
     }
 
@@ -163,6 +172,7 @@ impl NetFs {
             attr.size = s.size;
             if s.dirty {
                 attr.mtime = s.mtime.unwrap_or(attr.mtime);
+                attr.ctime = s.ctime.map_or(attr.ctime, |c| c.max(attr.ctime));
             }
             if attr.ino == 0 {
                 attr.mode = s.mode;
@@ -195,7 +205,7 @@ impl NetFs {
         let cached = {
             let t = self.inodes();
             t.child(parent, name)
-                .and_then(|ino| t.get(ino).map(|n| (ino, n.remote.is_none() || n.fetched.elapsed() < self.config.ttl)))
+                .and_then(|ino| t.get(ino).map(|n| (ino, n.remote.is_none() || t.fresh(ino, self.config.ttl))))
         };
         if let Some((ino, true)) = cached {
             self.inodes().looked_up(ino);
@@ -234,7 +244,7 @@ impl NetFs {
         let (fresh, local) = {
             let t = self.inodes();
             let n = t.get(ino).ok_or_else(not_found)?;
-            (n.fetched.elapsed() < self.config.ttl, n.remote.is_none() || n.parent == 0)
+            (t.fresh(ino, self.config.ttl), n.remote.is_none() || n.parent == 0)
         };
         if fresh || local {
             return self.entry(ino).await;
@@ -294,6 +304,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Mkdir { path, mode, owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -303,6 +314,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Symlink { path, target: target.to_string(), owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -320,6 +332,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Mknod { path, kind, mode, rdev, owner }).await?.attr
         };
+        self.inodes().invalidate(parent);
         self.remembered(parent, name, attr).await
     }
 
@@ -349,9 +362,26 @@ impl NetFs {
             self.remote.call(&DeleteFile { path }).await?;
         }
         let gone = self.inodes().detach(parent, name);
-        let nameless = gone.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        self.inodes().invalidate(parent);
+        let nameless = self.lost_link(gone);
         self.orphan(nameless).await;
         Ok(())
+    }
+
+    /// A node lost one of its names (unlink, or replaced by a rename). One that still has a name here is
+    /// fetched again (link count, ctime); a nameless one can only be reached through open descriptors, so its
+    /// attributes are brought up to date here. Returns it when nameless.
+    fn lost_link(&self, ino: Option<u64>) -> Option<u64> {
+        let ino = ino?;
+        let mut t = self.inodes();
+        let node = t.get_mut(ino)?;
+        if node.parent != 0 {
+            t.invalidate(ino);
+            return None;
+        }
+        node.attr.nlink = node.attr.nlink.saturating_sub(1);
+        node.attr.ctime = now();
+        Some(ino)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
@@ -360,7 +390,9 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Rmdir { path }).await?;
         }
-        self.inodes().detach(parent, name);
+        let mut t = self.inodes();
+        t.detach(parent, name);
+        t.invalidate(parent);
         Ok(())
     }
 
@@ -393,9 +425,22 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Rename { from, to, noreplace }).await?;
         }
-        let replaced = self.inodes().child(new_parent, new_name);
-        self.inodes().rename(parent, name, new_parent, new_name);
-        let nameless = replaced.filter(|ino| self.inodes().get(*ino).is_some_and(|n| n.parent == 0));
+        let replaced = {
+            let mut t = self.inodes();
+            let moved = t.child(parent, name);
+            let replaced = t.child(new_parent, new_name);
+            if replaced.is_some() && replaced == moved {
+                // Two names of one node: rename(2) does nothing, and neither did the server.
+                return Ok(());
+            }
+            t.rename(parent, name, new_parent, new_name);
+            // Both directories' times (and link counts, for a directory moved), the node's ctime.
+            for ino in [Some(parent), Some(new_parent), moved].into_iter().flatten() {
+                t.invalidate(ino);
+            }
+            replaced
+        };
+        let nameless = self.lost_link(replaced);
         self.orphan(nameless).await;
         Ok(())
     }
@@ -408,6 +453,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&Link { existing, new }).await?.attr
         };
+        self.inodes().invalidate(new_parent);
         self.remembered(new_parent, new_name, attr).await
     }
 
@@ -437,9 +483,26 @@ impl NetFs {
                 Some(SetTime::Now) => s.mtime = Some(now()),
                 None => {}
             }
+            s.ctime = Some(now());
             size_on_server = None;
         }
+        // A truncate of a staged file changes content that reaches the server with the upload: no server call
+        // (its times are the staging file's until then).
+        let size_only =
+            ch.mode.is_none() && ch.uid.is_none() && ch.gid.is_none() && ch.atime.is_none() && ch.mtime.is_none();
+        if staging.is_some() && size_only {
+            return self.entry(ino).await;
+        }
         if self.is_local(ino) {
+            // Mode, owner, size and mtime are the staging file's (the upload carries them); atime is kept here.
+            if let Some(atime) = ch.atime {
+                if let Some(node) = self.inodes().get_mut(ino) {
+                    node.attr.atime = match atime {
+                        SetTime::At(t) => t,
+                        SetTime::Now => now(),
+                    };
+                }
+            }
             return self.entry(ino).await;
         }
         let path = self.path(ino)?;
@@ -473,9 +536,10 @@ impl NetFs {
             return Err(not_found());
         }
         let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
-        staging.dirty = true;
-        staging.written_by(pid);
         let t = now();
+        // The upload carries the creation time as mtime: the file keeps the times it was created with.
+        (staging.dirty, staging.mtime, staging.ctime) = (true, Some(t), Some(t));
+        staging.written_by(pid);
         let attr = Attr {
             ino: 0,
             kind: NodeKind::File,
@@ -533,7 +597,10 @@ impl NetFs {
                 let mut s =
                     Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
                 if truncate {
-                    s.dirty = attr.size > 0;
+                    if attr.size > 0 {
+                        // Empty already: this records the change (dirty, mtime and ctime now).
+                        s.truncate(0)?;
+                    }
                 } else if attr.size > 0 {
                     let md5 = attr.md5.as_deref().unwrap_or_default();
                     self.download_into(ino, md5, attr.size, &mut s).await?;
@@ -569,20 +636,20 @@ impl NetFs {
             staging.write(offset, &bytes)?;
             offset += bytes.len() as u64;
         }
-        staging.dirty = false;
+        // The server's content, with the server's times.
+        (staging.dirty, staging.mtime, staging.ctime) = (false, None, None);
         Ok(())
     }
 
     /// Brings the content of a server-side copy into the staging file, before it is read or changed locally.
     async fn load(&self, ino: u64, staging: &mut Staging) -> Result<()> {
         if let Some((md5, size)) = staging.remote_content.take() {
-            let (dirty, mtime) = (staging.dirty, staging.mtime);
+            let (dirty, mtime, ctime) = (staging.dirty, staging.mtime, staging.ctime);
             if let Err(e) = self.download_into(ino, &md5, size, staging).await {
                 staging.remote_content = Some((md5, size));
                 return Err(e);
             }
-            staging.dirty = dirty;
-            staging.mtime = mtime;
+            (staging.dirty, staging.mtime, staging.ctime) = (dirty, mtime, ctime);
         }
         Ok(())
     }
@@ -597,6 +664,16 @@ impl NetFs {
         s.write(offset, data)?;
         s.written_by(pid);
         Ok(data.len() as u32)
+    }
+
+    /// `fallocate(2)` of a file open for writing, done on its staging file (the upload at close sends the bytes).
+    pub async fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32, pid: u32) -> Result<()> {
+        let staging = self.open_files().staging(ino).ok_or(FsError::Errno(libc::EBADF))?;
+        let mut s = staging.lock().await;
+        self.load(ino, &mut s).await?;
+        s.fallocate(offset, len, mode)?;
+        s.written_by(pid);
+        Ok(())
     }
 
     pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -749,10 +826,25 @@ impl NetFs {
         drop(ticket);
         tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
         s.dirty = false;
-        let mut t = self.inodes();
-        t.set_remote(ino, attr);
-        if let Some(node) = t.get_mut(ino) {
-            node.cached_md5 = None;
+        let created_in = {
+            let mut t = self.inodes();
+            let created = t.get(ino).is_some_and(|n| n.remote.is_none());
+            t.set_remote(ino, attr);
+            let parent = t.get_mut(ino).map_or(0, |node| {
+                node.cached_md5 = None;
+                node.parent
+            });
+            // A new name on the server: its directory's times changed there.
+            let created_in = (created && parent != 0).then_some(parent);
+            if let Some(dir) = created_in {
+                t.invalidate(dir);
+            }
+            created_in
+        };
+        // The kernel did not see the upload (it happens at close): its copies of these attributes are old.
+        self.kernel_attrs_stale(ino);
+        if let Some(dir) = created_in {
+            self.kernel_attrs_stale(dir);
         }
         Ok(())
     }

@@ -42,6 +42,16 @@ impl FuseFs {
     }
 }
 
+/// Drops the kernel's cached attributes of an inode (not its cached pages): for changes made behind the kernel's
+/// back, such as an upload at close. Only attributes, so no inode lock is taken: safe from within a request.
+pub fn attr_invalidator(notifier: fuser::Notifier) -> impl Fn(u64) + Send + Sync + 'static {
+    move |ino| {
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!(ino, error = %e, "attribute invalidation not delivered");
+        }
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     let n = e.errno();
     if n == libc::EIO {
@@ -480,6 +490,25 @@ impl Filesystem for FuseFs {
         self.rt.spawn(async move {
             match fs.copy_file_range(ino_in.0, offset_in, ino_out.0, offset_out, len).await {
                 Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, pid) = (self.fs.clone(), req.pid());
+        self.rt.spawn(async move {
+            match fs.fallocate(ino.0, offset, length, mode, pid).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

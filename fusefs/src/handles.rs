@@ -25,10 +25,13 @@ pub struct Staging {
     pub unlinked: bool,
     /// md5 of the content as it is written.
     running_md5: RunningMd5,
-    /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet).
+    /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet). The mtime is the
+    /// time of the last write or truncate here (or the one `utimensat` set), not the time of the upload.
     pub mode: u32,
     pub owner: Owner,
     pub mtime: Option<Timespec>,
+    /// When the content last changed here: the ctime to show until the upload (the server then sets its own).
+    pub ctime: Option<Timespec>,
     /// Set after a server-side copy: the content is the server's file with this md5 and size, and the staging
     /// file is still empty; it is downloaded before the first local read or change.
     pub remote_content: Option<(String, u64)>,
@@ -37,6 +40,12 @@ pub struct Staging {
     /// Threads already counted in `writers` (FUSE requests carry thread ids): `/proc` is read once per thread,
     /// not once per write.
     writer_threads: HashSet<u32>,
+}
+
+/// The time now, by this machine's clock.
+pub fn now() -> Timespec {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
 /// The process (thread group) a thread belongs to: FUSE requests carry the thread id.
@@ -65,6 +74,7 @@ impl Staging {
             mode,
             owner,
             mtime: None,
+            ctime: None,
             remote_content: None,
             writers: HashSet::new(),
             writer_threads: HashSet::new(),
@@ -74,8 +84,7 @@ impl Staging {
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)?;
         self.size = self.size.max(offset + data.len() as u64);
-        self.dirty = true;
-        self.mtime = None;
+        self.changed();
         self.running_md5.written(offset, data);
         Ok(())
     }
@@ -111,8 +120,36 @@ impl Staging {
         self.file.set_len(size)?;
         self.running_md5.truncated(size);
         self.size = size;
-        self.dirty = true;
+        self.changed();
         Ok(())
+    }
+
+    /// `fallocate(2)` on the staging file: allocation (extending the size unless `FALLOC_FL_KEEP_SIZE`),
+    /// `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE` (zeros in place). A hole uploads as zeros.
+    pub fn fallocate(&mut self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let os_error = io::Error::from_raw_os_error;
+        let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(os_error(libc::EFBIG))?;
+        let flags = nix::fcntl::FallocateFlags::from_bits(mode).ok_or(os_error(libc::EOPNOTSUPP))?;
+        nix::fcntl::fallocate(&self.file, flags, offset as i64, len as i64)?;
+        let grows = mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > self.size;
+        let zeroed = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 && offset < self.size;
+        if grows {
+            self.size = end;
+        }
+        if grows || zeroed {
+            // Bytes changed without a write: the running md5 cannot follow, the upload hashes the file.
+            self.running_md5.forget();
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// The content changed now: mtime and ctime follow, as on a local file system.
+    fn changed(&mut self) {
+        let t = now();
+        self.dirty = true;
+        self.mtime = Some(t);
+        self.ctime = Some(t);
     }
 
     /// The md5 of the staged content: from the running hash when writes were sequential, else by reading it back.
@@ -240,5 +277,24 @@ mod tests {
         assert_eq!(s.read(1, 100).unwrap(), b"ello");
         s.discard();
         assert!(!s.path.exists());
+    }
+
+    #[test]
+    fn fallocate_punches_zeros_and_grows_and_the_md5_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default()).unwrap();
+        let mut want = vec![7u8; 10_000];
+        s.write(0, &want).unwrap();
+        s.fallocate(4096, 4096, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).unwrap();
+        want[4096..8192].fill(0);
+        assert_eq!((s.size, s.read(0, 20_000).unwrap()), (10_000, want.clone()));
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        s.fallocate(9000, 3000, 0).unwrap();
+        want.resize(12_000, 0);
+        assert_eq!(s.size, 12_000);
+        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        s.fallocate(0, 100_000, libc::FALLOC_FL_KEEP_SIZE).unwrap();
+        assert_eq!(s.size, 12_000, "KEEP_SIZE allocates without growing");
+        s.discard();
     }
 }

@@ -3,7 +3,7 @@
 //! Architecture Invariant: a name leaves this table (`detach`) only after the server confirmed its removal (L1).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use netdisk_protocol::Attr;
 
@@ -17,7 +17,8 @@ pub struct Inode {
     pub remote: Option<u64>,
     /// Last known attributes (`attr.ino` is the server's id; the kernel sees this table's number).
     pub attr: Attr,
-    pub fetched: Instant,
+    /// When `attr` came from the server; `None` once a change made here altered it there (fetch it again).
+    pub fetched: Option<Instant>,
     /// Kernel references (lookups not yet forgotten).
     pub lookups: u64,
     /// md5 of the content whose pages the kernel may still cache (for `FOPEN_KEEP_CACHE`).
@@ -43,12 +44,25 @@ impl Inodes {
                 name: String::new(),
                 remote: Some(root.ino),
                 attr: root,
-                fetched: Instant::now(),
+                fetched: Some(Instant::now()),
                 lookups: 1,
                 cached_md5: None,
             },
         );
         Inodes { nodes, by_remote, names: HashMap::new(), next: ROOT + 1 }
+    }
+
+    /// Whether `ino`'s attributes came from the server less than `ttl` ago and nothing here changed them since.
+    pub fn fresh(&self, ino: u64, ttl: Duration) -> bool {
+        self.nodes.get(&ino).and_then(|n| n.fetched).is_some_and(|t| t.elapsed() < ttl)
+    }
+
+    /// A change made here altered `ino`'s attributes on the server (a directory's times and link count after
+    /// a name in it changed, a node's ctime and link count after a link or rename): ask the server next time.
+    pub fn invalidate(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.fetched = None;
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Inode> {
@@ -107,7 +121,7 @@ impl Inodes {
             name: name.to_string(),
             remote: Some(attr.ino),
             attr: attr.clone(),
-            fetched: Instant::now(),
+            fetched: Some(Instant::now()),
             lookups: 0,
             cached_md5: None,
         });
@@ -115,7 +129,7 @@ impl Inodes {
         node.name = name.to_string();
         node.remote = Some(attr.ino);
         node.attr = attr;
-        node.fetched = Instant::now();
+        node.fetched = Some(Instant::now());
         ino
     }
 
@@ -133,7 +147,7 @@ impl Inodes {
                 name: name.to_string(),
                 remote: None,
                 attr,
-                fetched: Instant::now(),
+                fetched: Some(Instant::now()),
                 lookups: 0,
                 cached_md5: None,
             },
@@ -151,7 +165,7 @@ impl Inodes {
             }
             node.remote = Some(attr.ino);
             node.attr = attr.clone();
-            node.fetched = Instant::now();
+            node.fetched = Some(Instant::now());
             self.by_remote.insert(attr.ino, ino);
         }
     }
@@ -159,7 +173,7 @@ impl Inodes {
     pub fn set_attr(&mut self, ino: u64, attr: Attr) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.attr = attr;
-            node.fetched = Instant::now();
+            node.fetched = Some(Instant::now());
         }
     }
 

@@ -360,7 +360,7 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
         upload_parallelism: settings.connections.max(1),
     };
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
-    let filesystem = fuse::FuseFs::new(netfs, runtime.handle().clone(), ttl, (settings.uid, settings.gid));
+    let filesystem = fuse::FuseFs::new(netfs.clone(), runtime.handle().clone(), ttl, (settings.uid, settings.gid));
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -383,6 +383,7 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
     }
     let session = fuser::Session::new(filesystem, &mountpoint, &options)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    netfs.on_kernel_attrs_stale(fuse::attr_invalidator(session.notifier()));
     let background = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     report_ready(ready, &format!("mounted {} on {}", credentials.addr, mountpoint.display()));

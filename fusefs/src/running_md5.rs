@@ -83,6 +83,11 @@ impl RunningMd5 {
         }
     }
 
+    /// The file changed in a way this does not follow (zeros punched into it): no digest from now on.
+    pub fn forget(&mut self) {
+        self.give_up();
+    }
+
     /// The md5 of the file's `size` bytes if they were all hashed as they came; `None` otherwise.
     pub fn digest(&mut self, size: u64) -> Option<String> {
         let found = match &self.mode {
