@@ -6,6 +6,7 @@
 #   tests/posix/fsx.sh                       20,000 operations, seed 1 (what tests/tests/posix.rs runs)
 #   tests/posix/fsx.sh -N 1000000 -S 42      the long run recorded in tests/posix/RESULTS.md
 #   tests/posix/fsx.sh -N 50000 -S 1 -S 2    several seeds, each on a fresh file
+#   tests/posix/fsx.sh -c tests/posix/fsx-mapread.toml -N 5000     with mapped reads (see fsx.toml on why apart)
 #
 # Environment: NETDISK_NO_BUILD=1 uses the binaries in target/debug as they are; FSX_LOCAL_DIR is where the
 # scratch directory goes (default /tmp); on a miscompare fsx's artifacts (.fsxlog, .fsxgood) are kept there.
@@ -16,11 +17,13 @@ root=$PWD
 
 ops=20000
 seeds=()
-while getopts "N:S:" opt; do
+config=tests/posix/fsx.toml
+while getopts "c:N:S:" opt; do
     case $opt in
+        c) config=$OPTARG ;;
         N) ops=$OPTARG ;;
         S) seeds+=("$OPTARG") ;;
-        *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+        *) sed -n '2,14p' "$0" >&2; exit 2 ;;
     esac
 done
 [ ${#seeds[@]} -gt 0 ] || seeds=(1)
@@ -68,10 +71,10 @@ if ! grep -q " $scratch/mnt " /proc/self/mounts; then
     exit 1
 fi
 
-echo "fsx $(fsx --version | awk '{print $2}') on netdisk, $(uname -sr), config tests/posix/fsx.toml"
+echo "fsx $(fsx --version | awk '{print $2}') on netdisk, $(uname -sr), config $config"
 for seed in "${seeds[@]}"; do
     started=$(date +%s.%N)
-    if fsx -f tests/posix/fsx.toml -N "$ops" -S "$seed" -P "$scratch/artifacts" "$scratch/mnt/fsx-$seed.data" \
+    if fsx -f "$config" -N "$ops" -S "$seed" -P "$scratch/artifacts" "$scratch/mnt/fsx-$seed.data" \
         >"$scratch/fsx-$seed.out" 2>&1; then
         result=$(tail -1 "$scratch/fsx-$seed.out")
     else

@@ -1,5 +1,5 @@
 //! POSIX conformance and data integrity on a real mount, with the public suites: pjdfstest (a selection of its
-//! groups) and fsx (20,000 random operations, fixed seed). `tests/posix/pjdfstest.sh` and `tests/posix/fsx.sh`
+//! groups) and fsx (20,000 random operations, and 5,000 with mapped reads; fixed seed). `tests/posix/pjdfstest.sh` and `tests/posix/fsx.sh`
 //! run the complete suite beside local ext4 and the long fsx run; tests/posix/RESULTS.md records both.
 //! Each test skips, saying so, when its tool is not installed (.ci/run installs both); each run has a deadline.
 
@@ -36,9 +36,12 @@ const PJDFSTEST_SELECTION: &[&str] = &[
 /// Longest the pjdfstest selection may take (it takes about 20 s).
 const PJDFSTEST_DEADLINE_SECS: u64 = 150;
 
+/// Operations of the main run (`fsx.toml`: every operation but mapped reads, the file going through the server at
+/// each close and open), and of the run with mapped reads (`fsx-mapread.toml`; see there why apart).
 const FSX_OPERATIONS: u32 = 20_000;
+const FSX_MAPREAD_OPERATIONS: u32 = 5_000;
 const FSX_SEED: u32 = 1;
-/// Longest the fsx run may take (about 40 s on a quiet machine; several minutes means something hangs).
+/// Longest one fsx run may take (about 40 s on a quiet machine; several minutes means something hangs).
 const FSX_DEADLINE_SECS: u64 = 300;
 
 fn posix_dir() -> PathBuf {
@@ -137,14 +140,22 @@ fn fsx_random_operations_never_miscompare() {
     // Every close and fsync is an upload: --durability normal spares the shared CI disk a few thousand syncs
     // (what fsx checks is the bytes, not their crash safety).
     let (mount, server) = mounted(ServerOpts::default().durability("normal"));
-    let artifacts = mount.work_dir().join("fsx-artifacts");
+    run_fsx(&fsx, &mount, "fsx.toml", FSX_OPERATIONS);
+    run_fsx(&fsx, &mount, "fsx-mapread.toml", FSX_MAPREAD_OPERATIONS);
+    drop(mount);
+    server.assert_fsck_clean();
+}
+
+/// Runs fsx with `tests/posix/CONFIG` on a file of its own in the mount; fails the test unless it completes A-OK.
+fn run_fsx(fsx: &Path, mount: &Mount, config: &str, operations: u32) {
+    let artifacts = mount.work_dir().join(format!("artifacts-{config}"));
     std::fs::create_dir(&artifacts).unwrap();
-    let config = posix_dir().join("fsx.toml");
-    let file = mount.join("fsx.data");
-    let (ops, seed) = (FSX_OPERATIONS.to_string(), FSX_SEED.to_string());
+    let config_path = posix_dir().join(config);
+    let file = mount.join(&format!("{config}.data"));
+    let (ops, seed) = (operations.to_string(), FSX_SEED.to_string());
     let args = [
         "-f",
-        config.to_str().unwrap(),
+        config_path.to_str().unwrap(),
         "-N",
         &ops,
         "-S",
@@ -153,19 +164,17 @@ fn fsx_random_operations_never_miscompare() {
         artifacts.to_str().unwrap(),
         file.to_str().unwrap(),
     ];
-    let (out, secs) = run_bounded(FSX_DEADLINE_SECS, &fsx, &args);
+    let (out, secs) = run_bounded(FSX_DEADLINE_SECS, fsx, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("fsx, {ops} operations, seed {seed}: {secs:.0} s, {:.0} ops/s", FSX_OPERATIONS as f64 / secs);
+    eprintln!("fsx ({config}), {ops} operations, seed {seed}: {secs:.0} s, {:.0} ops/s", operations as f64 / secs);
     assert!(
         out.status.success() && stdout.contains("All operations completed A-OK!"),
-        "fsx ({}, {secs:.0} s; deadline {FSX_DEADLINE_SECS} s) did not complete A-OK:\n{stdout}\n{}\n{}",
+        "fsx ({config}: {}, {secs:.0} s; deadline {FSX_DEADLINE_SECS} s) did not complete A-OK:\n{stdout}\n{}\n{}",
         out.status,
         stderr.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
         mount.log_tail()
     );
-    drop(mount);
-    server.assert_fsck_clean();
 }
 
 fn nix_is_root() -> bool {
