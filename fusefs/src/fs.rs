@@ -300,12 +300,12 @@ impl NetFs {
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, owner: Owner) -> Result<Entry> {
         let path = self.child_path(parent, name)?;
-        let attr = {
+        let res = {
             let _change = self.mutations.begin();
-            self.remote.call(&Mkdir { path, mode, owner }).await?.attr
+            self.remote.call(&Mkdir { path, mode, owner }).await?
         };
-        self.inodes().invalidate(parent);
-        self.remembered(parent, name, attr).await
+        self.dir_changed(parent, res.dir);
+        self.remembered(parent, name, res.attr).await
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, owner: Owner) -> Result<Entry> {
@@ -356,16 +356,31 @@ impl NetFs {
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
         let path = self.child_path(parent, name)?;
         let child = self.inodes().child(parent, name);
+        // A name that exists only here changes nothing on the server.
+        let mut on_server = None;
         if !child.is_some_and(|ino| self.is_local(ino)) {
             // L1: the name goes from the table only once the server's DeleteFileRes is here.
             let _change = self.mutations.begin();
-            self.remote.call(&DeleteFile { path }).await?;
+            on_server = Some(self.remote.call(&DeleteFile { path }).await?);
         }
         let gone = self.inodes().detach(parent, name);
-        self.inodes().invalidate(parent);
+        if let Some(res) = on_server {
+            self.dir_changed(parent, res.dir);
+        }
         let nameless = self.lost_link(gone);
         self.orphan(nameless).await;
         Ok(())
+    }
+
+    /// A change made here altered directory `dir` on the server (its times, its link count): take its
+    /// attributes from the answer when the server sent them (and they are still this directory's), else ask
+    /// the server next time.
+    fn dir_changed(&self, dir: u64, attr: Option<Attr>) {
+        let mut t = self.inodes();
+        match attr {
+            Some(attr) if t.get(dir).is_some_and(|n| n.remote == Some(attr.ino)) => t.set_attr(dir, attr),
+            _ => t.invalidate(dir),
+        }
     }
 
     /// A node lost one of its names (unlink, or replaced by a rename). One that still has a name here is
@@ -386,13 +401,12 @@ impl NetFs {
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         let path = self.child_path(parent, name)?;
-        {
+        let res = {
             let _change = self.mutations.begin();
-            self.remote.call(&Rmdir { path }).await?;
-        }
-        let mut t = self.inodes();
-        t.detach(parent, name);
-        t.invalidate(parent);
+            self.remote.call(&Rmdir { path }).await?
+        };
+        self.inodes().detach(parent, name);
+        self.dir_changed(parent, res.dir);
         Ok(())
     }
 
@@ -813,11 +827,11 @@ impl NetFs {
         };
         let _change = self.mutations.begin();
         let ticket = self.uploads.start(ino, &path, s.size);
-        let attr = if s.size > 0 && s.size <= MAX_INLINE_UPLOAD as u64 {
+        let (attr, dir) = if s.size > 0 && s.size <= MAX_INLINE_UPLOAD as u64 {
             // A small file goes whole, in one round trip.
             let bytes = s.range(0, s.size)?;
             match self.remote.call_with_payload(&req, &bytes).await?.0 {
-                UploadFileRes::Instant { attr } => attr,
+                UploadFileRes::Instant { attr, dir } => (attr, dir),
                 other => return Err(FsError::Connection(format!("a file sent whole was answered with {other:?}"))),
             }
         } else {
@@ -835,12 +849,11 @@ impl NetFs {
                 node.parent
             });
             // A new name on the server: its directory's times changed there.
-            let created_in = (created && parent != 0).then_some(parent);
-            if let Some(dir) = created_in {
-                t.invalidate(dir);
-            }
-            created_in
+            (created && parent != 0).then_some(parent)
         };
+        if let Some(parent) = created_in {
+            self.dir_changed(parent, dir);
+        }
         // The kernel did not see the upload (it happens at close): its copies of these attributes are old.
         self.kernel_attrs_stale(ino);
         if let Some(dir) = created_in {
@@ -851,7 +864,13 @@ impl NetFs {
 
     /// Names the content by md5 first: instant when the server holds it (after proving ownership when it is
     /// another user's), else the chunks it lacks, several at once.
-    async fn upload_by_md5(&self, req: &UploadFile, s: &Staging, sent: &Arc<AtomicU64>) -> Result<Attr> {
+    /// Returns the file's attributes and, when the server sent them, its directory's.
+    async fn upload_by_md5(
+        &self,
+        req: &UploadFile,
+        s: &Staging,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<(Attr, Option<Attr>)> {
         // Another connection (or mount) may finish the same content first: asking again then settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             // A challenge is answered on the connection that asked it.
@@ -871,13 +890,13 @@ impl NetFs {
             }
             drop(session);
             match answer {
-                UploadFileRes::Instant { attr } => {
+                UploadFileRes::Instant { attr, dir } => {
                     tracing::debug!(path = %req.path, "instant upload");
-                    return Ok(attr);
+                    return Ok((attr, dir));
                 }
                 UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
                     match self.send_chunks(s, upload_id, chunk_size, chunk_count, sent).await {
-                        Ok(Some(attr)) => return Ok(attr),
+                        Ok(Some(attr)) => return Ok((attr, None)),
                         Ok(None) => {}
                         Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => {}
                         Err(e) => return Err(e),
@@ -977,7 +996,7 @@ impl NetFs {
             let _change = self.mutations.begin();
             self.remote.call(&req).await?
         };
-        let UploadFileRes::Instant { attr } = answer else {
+        let UploadFileRes::Instant { attr, .. } = answer else {
             // The content is not this user's any more (deleted meanwhile): copy the bytes instead.
             return unsupported();
         };

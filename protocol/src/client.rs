@@ -181,7 +181,7 @@ impl<S: Read + Write> Client<S> {
             owner: Owner::default(),
         };
         match self.call_with_payload(&req, data)?.0 {
-            UploadFileRes::Instant { attr } => Ok(attr),
+            UploadFileRes::Instant { attr, .. } => Ok(attr),
             other => Err(ClientError::Protocol(format!("a file sent whole was answered with {other:?}"))),
         }
     }
@@ -204,7 +204,7 @@ impl<S: Read + Write> Client<S> {
                 answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
             }
             match answer {
-                UploadFileRes::Instant { attr } => {
+                UploadFileRes::Instant { attr, .. } => {
                     return Ok(UploadOutcome { attr, instant: chunks_sent == 0, chunks_sent });
                 }
                 UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {

@@ -129,6 +129,9 @@ pub struct Mkdir {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MkdirRes {
     pub attr: Attr,
+    /// The parent directory just after the change (see [`UploadFileRes::Instant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Attr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +139,11 @@ pub struct Rmdir {
     pub path: String,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RmdirRes {}
+pub struct RmdirRes {
+    /// The parent directory just after the change (see [`UploadFileRes::Instant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Attr>,
+}
 
 /// Removes a name that is not a directory (`unlink(2)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +151,11 @@ pub struct DeleteFile {
     pub path: String,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeleteFileRes {}
+pub struct DeleteFileRes {
+    /// The parent directory just after the change (see [`UploadFileRes::Instant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Attr>,
+}
 
 /// Atomic rename of a file or a whole directory, replacing the target unless `noreplace`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +248,14 @@ pub struct UploadFile {
 #[serde(rename_all = "snake_case")]
 pub enum UploadFileRes {
     /// Done: the server held the content; no byte needs to be sent.
-    Instant { attr: Attr },
+    Instant {
+        attr: Attr,
+        /// The directory the file is in, read just after the change (a new name changes its times): a client
+        /// takes it as fresh instead of asking for it again. Absent from older servers, or when the directory
+        /// went away meanwhile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<Attr>,
+    },
     /// Send the chunks `QueryChunk` says are missing, each with `UploadChunk`.
     Upload { upload_id: u64, chunk_size: u32, chunk_count: u32 },
     /// Prove you hold the content: answer, for each range in order, [`ownership_proof`](crate::ownership_proof)

@@ -114,9 +114,9 @@ fn write_seeds() {
             b"",
         ),
         (AnyResponse::Stat(StatRes { attr: file.clone() }), b""),
-        (AnyResponse::Rmdir(RmdirRes {}), b""),
+        (AnyResponse::Rmdir(RmdirRes { dir: None }), b""),
         (AnyResponse::ReadLink(ReadLinkRes { target: "x".into() }), b""),
-        (AnyResponse::UploadFile(UploadFileRes::Instant { attr: file.clone() }), b""),
+        (AnyResponse::UploadFile(UploadFileRes::Instant { attr: file.clone(), dir: None }), b""),
         (AnyResponse::UploadFile(UploadFileRes::Upload { upload_id: 3, chunk_size: 4096, chunk_count: 2 }), b""),
         (
             AnyResponse::ProveOwnership(UploadFileRes::Challenge {

@@ -179,6 +179,7 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let u = &user;
+        tracing::trace!(kind = ?head.kind, "request");
         match request {
             AnyRequest::Login(_) => unreachable!("handled above"),
             AnyRequest::UploadChunk(r) => self.upload_chunk(conn, u, id, r, head.payload_len as u64)?,
@@ -190,12 +191,16 @@ impl Session {
             }
             AnyRequest::Stat(r) => respond::<Stat>(conn, id, self.meta.stat(u, &r.path).map(|attr| StatRes { attr }))?,
             AnyRequest::Mkdir(r) => {
-                respond::<Mkdir>(conn, id, self.meta.mkdir(u, &r.path, r.mode, r.owner).map(|attr| MkdirRes { attr }))?
+                let res = self.meta.mkdir(u, &r.path, r.mode, r.owner);
+                respond::<Mkdir>(conn, id, res.map(|attr| MkdirRes { attr, dir: self.meta.parent_attr(u, &r.path) }))?
             }
-            AnyRequest::Rmdir(r) => respond::<Rmdir>(conn, id, self.meta.rmdir(u, &r.path).map(|()| RmdirRes {}))?,
+            AnyRequest::Rmdir(r) => {
+                let res = self.meta.rmdir(u, &r.path);
+                respond::<Rmdir>(conn, id, res.map(|()| RmdirRes { dir: self.meta.parent_attr(u, &r.path) }))?
+            }
             AnyRequest::DeleteFile(r) => {
                 let res = self.meta.unlink(u, &r.path).map(|released| self.blobs.remove_all(&released));
-                respond::<DeleteFile>(conn, id, res.map(|()| DeleteFileRes {}))?
+                respond::<DeleteFile>(conn, id, res.map(|()| DeleteFileRes { dir: self.meta.parent_attr(u, &r.path) }))?
             }
             AnyRequest::Rename(r) => {
                 let res =
@@ -265,6 +270,11 @@ impl Session {
 
     // ---- uploads ----
 
+    /// The answer for content now at `path`, with its directory as it is after the change.
+    fn instant(&self, user: &User, path: &str, attr: Attr) -> UploadFileRes {
+        UploadFileRes::Instant { attr, dir: self.meta.parent_attr(user, path) }
+    }
+
     fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
         check_md5(&r.md5)?;
         components(&r.path)?;
@@ -277,7 +287,7 @@ impl Session {
             }
             let (attr, released) = self.meta.set_content(user, &r.path, Content { pfile_id: None, size: 0 }, new)?;
             self.blobs.remove_all(&released);
-            return Ok(UploadFileRes::Instant { attr });
+            return Ok(self.instant(user, &r.path, attr));
         }
         // Within one user, md5 + size is enough: the user holds that content already.
         if let Some(pfile) = self.meta.own_complete(user, &r.md5, r.size)? {
@@ -286,7 +296,7 @@ impl Session {
                 let released = self.meta.drop_upload(user, &r.path)?;
                 self.blobs.remove_all(&released);
                 tracing::info!(path = %r.path, md5 = %r.md5, "instant upload (own content)");
-                return Ok(UploadFileRes::Instant { attr });
+                return Ok(self.instant(user, &r.path, attr));
             }
         }
         // The user's own unfinished upload of this content: resume it (L7: exists but incomplete -> upload).
@@ -300,7 +310,7 @@ impl Session {
                 // Every chunk is stored but the file was never sealed (a crash during verification): finish now.
                 let upload = self.meta.upload(user, upload_id as u64)?;
                 let attr = self.finish(user, &upload, &pfile)?;
-                return Ok(UploadFileRes::Instant { attr });
+                return Ok(self.instant(user, &r.path, attr));
             }
             return Ok(UploadFileRes::Upload {
                 upload_id: upload_id as u64,
@@ -377,7 +387,7 @@ impl Session {
         if result.is_err() {
             discard(self);
         }
-        respond::<UploadFile>(conn, id, result.map(|attr| UploadFileRes::Instant { attr }))
+        respond::<UploadFile>(conn, id, result.map(|attr| self.instant(user, &r.path, attr)))
     }
 
     fn seal_inline(&mut self, user: &User, r: &UploadFile, pfile: &PFile, file: &File) -> Result<Attr> {
@@ -410,7 +420,7 @@ impl Session {
                     let released = self.meta.drop_upload(user, &req.path)?;
                     self.blobs.remove_all(&released);
                     tracing::info!(path = %req.path, md5 = %req.md5, "instant upload (ownership proven)");
-                    return Ok(UploadFileRes::Instant { attr });
+                    return Ok(self.instant(user, &req.path, attr));
                 }
             }
         }

@@ -11,8 +11,36 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use crate::error::{fail, Result};
 
+/// Statements through the connection's cache of prepared statements. A connection answers the same few dozen
+/// statements over and over; preparing each anew was a third of the server's CPU for small files
+/// (`perf record` over 3,000 creates and unlinks, bench/ANALYSIS.md).
+trait Cached {
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn one<T, P, F>(&self, sql: &str, params: P, row: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn one<T, P, F>(&self, sql: &str, params: P, row: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, row)
+    }
+}
+
 /// md5 of zero bytes: the content of every empty file.
 pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// Prepared statements kept per connection: more than the distinct statements the server runs.
+const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -266,6 +294,10 @@ impl Meta {
     fn try_open(path: &Path) -> Result<Meta> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // A fixed plan per statement: without this the bundled SQLite (STAT4) prepares a cached statement again
+        // whenever a new value is bound to it.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -321,19 +353,18 @@ impl Meta {
 
     pub fn add_user(&mut self, name: &str, password_hash: &str) -> Result<i64> {
         let tx = self.write()?;
-        let exists: Option<i64> =
-            tx.query_row("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0)).optional()?;
+        let exists: Option<i64> = tx.one("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0)).optional()?;
         if exists.is_some() {
             return fail(ErrorCode::Exists, format!("user {name} exists already"));
         }
         let t = now();
         let root = insert_node(&tx, 0, NodeKind::Dir, 0o755, Owner::default(), 2, t, None, 0)?;
-        tx.execute(
+        tx.run(
             "INSERT INTO users (name, password_hash, root, created) VALUES (?, ?, ?, ?)",
             params![name, password_hash, root, t.sec],
         )?;
         let id = tx.last_insert_rowid();
-        tx.execute("UPDATE nodes SET user_id = ? WHERE id = ?", params![id, root])?;
+        tx.run("UPDATE nodes SET user_id = ? WHERE id = ?", params![id, root])?;
         tx.commit()?;
         Ok(id)
     }
@@ -342,7 +373,7 @@ impl Meta {
     pub fn user(&self, name: &str) -> Result<Option<(User, String)>> {
         Ok(self
             .conn
-            .query_row("SELECT id, root, password_hash FROM users WHERE name = ?", [name], |r| {
+            .one("SELECT id, root, password_hash FROM users WHERE name = ?", [name], |r| {
                 Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)? }, r.get(2)?))
             })
             .optional()?)
@@ -357,6 +388,13 @@ impl Meta {
     pub fn stat(&self, user: &User, path: &str) -> Result<Attr> {
         let node = resolve(&self.conn, user, path)?;
         attr_of(&self.conn, node.id)
+    }
+
+    /// The attributes of the directory holding `path`, sent with the answer to a change in it so that a client
+    /// need not ask for them again; `None` when that directory cannot be read any more (the client asks then).
+    pub fn parent_attr(&self, user: &User, path: &str) -> Option<Attr> {
+        let (parent, _) = resolve_parent(&self.conn, user, path).ok()?;
+        attr_of(&self.conn, parent).ok()
     }
 
     /// A page of a directory, sorted by name, after `after`.
@@ -387,8 +425,7 @@ impl Meta {
 
     pub fn readlink(&self, user: &User, path: &str) -> Result<String> {
         let node = resolve(&self.conn, user, path)?;
-        let target: Option<String> =
-            self.conn.query_row("SELECT target FROM nodes WHERE id = ?", [node.id], |r| r.get(0))?;
+        let target: Option<String> = self.conn.one("SELECT target FROM nodes WHERE id = ?", [node.id], |r| r.get(0))?;
         match (node.kind, target) {
             (NodeKind::Symlink, Some(t)) => Ok(t),
             _ => fail(ErrorCode::Invalid, format!("{path} is not a symlink")),
@@ -407,8 +444,7 @@ impl Meta {
 
     /// Counts for statfs: (nodes of this user).
     pub fn node_count(&self, user: &User) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM nodes WHERE user_id = ?", [user.id], |r| r.get::<_, i64>(0))?
-            as u64)
+        Ok(self.conn.one("SELECT count(*) FROM nodes WHERE user_id = ?", [user.id], |r| r.get::<_, i64>(0))? as u64)
     }
 
     // ---- administration (netdisk-server user ..., stats) ----
@@ -435,7 +471,7 @@ impl Meta {
 
     pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<()> {
         let tx = self.write()?;
-        if tx.execute("UPDATE users SET password_hash = ? WHERE name = ?", params![password_hash, name])? == 0 {
+        if tx.run("UPDATE users SET password_hash = ? WHERE name = ?", params![password_hash, name])? == 0 {
             return fail(ErrorCode::NotFound, format!("no user {name}"));
         }
         tx.commit()?;
@@ -445,7 +481,7 @@ impl Meta {
     /// Sets (or with `None` lifts) a user's quota: bytes of regular files they may hold.
     pub fn set_quota(&mut self, name: &str, quota: Option<u64>) -> Result<()> {
         let tx = self.write()?;
-        if tx.execute("UPDATE users SET quota = ? WHERE name = ?", params![quota.map(|q| q as i64), name])? == 0 {
+        if tx.run("UPDATE users SET quota = ? WHERE name = ?", params![quota.map(|q| q as i64), name])? == 0 {
             return fail(ErrorCode::NotFound, format!("no user {name}"));
         }
         tx.commit()?;
@@ -458,7 +494,7 @@ impl Meta {
     pub fn remove_user(&mut self, name: &str) -> Result<(u64, Released)> {
         let tx = self.write()?;
         let id: i64 = tx
-            .query_row("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0))
+            .one("SELECT id FROM users WHERE name = ?", [name], |r| r.get(0))
             .optional()?
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no user {name}")))?;
         let held: Vec<(i64, i64)> = tx
@@ -471,12 +507,12 @@ impl Meta {
             .prepare("SELECT DISTINCT pfile_id FROM uploads WHERE user_id = ?")?
             .query_map([id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        tx.execute("DELETE FROM entries WHERE node IN (SELECT id FROM nodes WHERE user_id = ?)", [id])?;
-        let nodes = tx.execute("DELETE FROM nodes WHERE user_id = ?", [id])? as u64;
-        tx.execute("DELETE FROM uploads WHERE user_id = ?", [id])?;
+        tx.run("DELETE FROM entries WHERE node IN (SELECT id FROM nodes WHERE user_id = ?)", [id])?;
+        let nodes = tx.run("DELETE FROM nodes WHERE user_id = ?", [id])? as u64;
+        tx.run("DELETE FROM uploads WHERE user_id = ?", [id])?;
         let mut released = Vec::new();
         for (pfile, n) in held {
-            tx.execute("UPDATE pfiles SET refs = refs - ? WHERE id = ?", params![n, pfile])?;
+            tx.run("UPDATE pfiles SET refs = refs - ? WHERE id = ?", params![n, pfile])?;
             released.extend(release_if_unreferenced(&tx, pfile)?);
         }
         for pfile in uploading {
@@ -486,9 +522,9 @@ impl Meta {
             .prepare("SELECT id FROM pfiles WHERE uploader = ? AND complete = 0")?
             .query_map([id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        tx.execute("DELETE FROM pfiles WHERE uploader = ? AND complete = 0", [id])?;
+        tx.run("DELETE FROM pfiles WHERE uploader = ? AND complete = 0", [id])?;
         released.extend(orphans);
-        tx.execute("DELETE FROM users WHERE id = ?", [id])?;
+        tx.run("DELETE FROM users WHERE id = ?", [id])?;
         tx.commit()?;
         Ok((nodes, released))
     }
@@ -496,8 +532,7 @@ impl Meta {
     /// What the store holds, in one read transaction.
     pub fn stats(&mut self) -> Result<StoreStats> {
         let tx = self.conn.transaction()?;
-        let count =
-            |sql: &str| -> rusqlite::Result<u64> { tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
+        let count = |sql: &str| -> rusqlite::Result<u64> { tx.one(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
         let file = kind_to_int(NodeKind::File);
         let dir = kind_to_int(NodeKind::Dir);
         let stats = StoreStats {
@@ -519,10 +554,9 @@ impl Meta {
     /// getting `new_size` bytes. Usage is the sum of the sizes of the user's regular files (a hard link counts
     /// once; content shared by deduplication counts for each holder).
     pub fn check_quota(&self, user: &User, path: &str, new_size: u64) -> Result<()> {
-        let quota: Option<i64> =
-            self.conn.query_row("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
+        let quota: Option<i64> = self.conn.one("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
         let Some(quota) = quota.map(|q| q as u64) else { return Ok(()) };
-        let used: i64 = self.conn.query_row(
+        let used: i64 = self.conn.one(
             "SELECT coalesce(sum(size), 0) FROM nodes WHERE user_id = ? AND kind = ?",
             params![user.id, kind_to_int(NodeKind::File)],
             |r| r.get(0),
@@ -552,7 +586,7 @@ impl Meta {
         let t = now();
         let node = insert_node(&tx, user.id, NodeKind::Dir, mode, owner, 2, t, None, 0)?;
         add_entry(&tx, parent, name, node, t)?;
-        tx.execute("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [parent])?;
+        tx.run("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [parent])?;
         let attr = attr_of(&tx, node)?;
         tx.commit()?;
         Ok(attr)
@@ -603,7 +637,7 @@ impl Meta {
         let t = now();
         let node = insert_node(&tx, user.id, leaf.kind, leaf.mode, leaf.owner, 1, t, leaf.target, leaf.rdev)?;
         if let Some(target) = leaf.target {
-            tx.execute("UPDATE nodes SET size = ? WHERE id = ?", params![target.len() as i64, node])?;
+            tx.run("UPDATE nodes SET size = ? WHERE id = ?", params![target.len() as i64, node])?;
         }
         add_entry(&tx, parent, name, node, t)?;
         let attr = attr_of(&tx, node)?;
@@ -623,7 +657,7 @@ impl Meta {
         }
         let t = now();
         add_entry(&tx, parent, name, node.id, t)?;
-        tx.execute(
+        tx.run(
             "UPDATE nodes SET nlink = nlink + 1, ctime_s = ?, ctime_ns = ? WHERE id = ?",
             params![t.sec, t.nsec, node.id],
         )?;
@@ -659,8 +693,8 @@ impl Meta {
         }
         let t = now();
         remove_entry(&tx, parent, name, t)?;
-        tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [parent])?;
-        tx.execute("DELETE FROM nodes WHERE id = ?", [node.id])?;
+        tx.run("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [parent])?;
+        tx.run("DELETE FROM nodes WHERE id = ?", [node.id])?;
         tx.commit()?;
         Ok(())
     }
@@ -694,8 +728,8 @@ impl Meta {
                         return fail(ErrorCode::NotEmpty, format!("{to} is not empty"));
                     }
                     remove_entry(&tx, to_parent, to_name, t)?;
-                    tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [to_parent])?;
-                    tx.execute("DELETE FROM nodes WHERE id = ?", [target.id])?;
+                    tx.run("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [to_parent])?;
+                    tx.run("DELETE FROM nodes WHERE id = ?", [target.id])?;
                 }
                 (false, false) => {
                     remove_entry(&tx, to_parent, to_name, t)?;
@@ -706,10 +740,10 @@ impl Meta {
         remove_entry(&tx, from_parent, from_name, t)?;
         add_entry(&tx, to_parent, to_name, node.id, t)?;
         if node.kind == NodeKind::Dir && from_parent != to_parent {
-            tx.execute("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [from_parent])?;
-            tx.execute("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [to_parent])?;
+            tx.run("UPDATE nodes SET nlink = nlink - 1 WHERE id = ?", [from_parent])?;
+            tx.run("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [to_parent])?;
         }
-        tx.execute("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
+        tx.run("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
         tx.commit()?;
         Ok(released)
     }
@@ -724,23 +758,23 @@ impl Meta {
             SetTime::At(ts) => ts,
         };
         if let Some(mode) = r.mode {
-            tx.execute("UPDATE nodes SET mode = ? WHERE id = ?", params![mode & 0o7777, node.id])?;
+            tx.run("UPDATE nodes SET mode = ? WHERE id = ?", params![mode & 0o7777, node.id])?;
         }
         if let Some(uid) = r.uid {
-            tx.execute("UPDATE nodes SET uid = ? WHERE id = ?", params![uid, node.id])?;
+            tx.run("UPDATE nodes SET uid = ? WHERE id = ?", params![uid, node.id])?;
         }
         if let Some(gid) = r.gid {
-            tx.execute("UPDATE nodes SET gid = ? WHERE id = ?", params![gid, node.id])?;
+            tx.run("UPDATE nodes SET gid = ? WHERE id = ?", params![gid, node.id])?;
         }
         if let Some(a) = r.atime.map(at) {
             check_time(a)?;
-            tx.execute("UPDATE nodes SET atime_s = ?, atime_ns = ? WHERE id = ?", params![a.sec, a.nsec, node.id])?;
+            tx.run("UPDATE nodes SET atime_s = ?, atime_ns = ? WHERE id = ?", params![a.sec, a.nsec, node.id])?;
         }
         if let Some(m) = r.mtime.map(at) {
             check_time(m)?;
-            tx.execute("UPDATE nodes SET mtime_s = ?, mtime_ns = ? WHERE id = ?", params![m.sec, m.nsec, node.id])?;
+            tx.run("UPDATE nodes SET mtime_s = ?, mtime_ns = ? WHERE id = ?", params![m.sec, m.nsec, node.id])?;
         }
-        tx.execute("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
+        tx.run("UPDATE nodes SET ctime_s = ?, ctime_ns = ? WHERE id = ?", params![t.sec, t.nsec, node.id])?;
         let attr = attr_of(&tx, node.id)?;
         tx.commit()?;
         Ok(attr)
@@ -772,7 +806,7 @@ impl Meta {
     pub fn pfile(&self, id: i64) -> Result<Option<PFile>> {
         Ok(self
             .conn
-            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)
+            .one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)
             .optional()?)
     }
 
@@ -780,7 +814,7 @@ impl Meta {
     pub fn own_complete(&self, user: &User, md5: &str, size: u64) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row(
+            .one(
                 "SELECT p.id FROM nodes n JOIN pfiles p ON p.id = n.pfile_id
                  WHERE n.user_id = ? AND p.md5 = ? AND p.size = ? AND p.complete = 1 LIMIT 1",
                 params![user.id, md5, size as i64],
@@ -793,7 +827,7 @@ impl Meta {
     pub fn any_complete(&self, md5: &str, size: u64) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row(
+            .one(
                 "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND complete = 1 LIMIT 1",
                 params![md5, size as i64],
                 |r| r.get(0),
@@ -805,7 +839,7 @@ impl Meta {
     pub fn own_incomplete(&self, user: &User, md5: &str, size: u64) -> Result<Option<PFile>> {
         Ok(self
             .conn
-            .query_row(
+            .one(
                 &format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE uploader = ? AND md5 = ? AND size = ? AND complete = 0 LIMIT 1"),
                 params![user.id, md5, size as i64],
                 pfile_from_row,
@@ -857,7 +891,7 @@ impl Meta {
 
     pub fn upload(&self, user: &User, upload_id: u64) -> Result<Upload> {
         self.conn
-            .query_row(
+            .one(
                 "SELECT id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns FROM uploads WHERE id = ? AND user_id = ?",
                 params![upload_id as i64, user.id],
                 |r| {
@@ -887,7 +921,7 @@ impl Meta {
     pub fn mark_chunk(&mut self, pfile_id: i64, index: u32, hashed: Option<Vec<u8>>, me: u32) -> Result<Option<PFile>> {
         let tx = self.write()?;
         let found = tx
-            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
             .optional()?;
         let Some(mut pfile) = found else {
             return Ok(None);
@@ -895,7 +929,7 @@ impl Meta {
         if !pfile.complete && !pfile.has_chunk(index) {
             pfile.chunk_map[index as usize / 8] |= 1 << (index % 8);
             pfile.chunks_uploaded += 1;
-            tx.execute(
+            tx.run(
                 "UPDATE pfiles SET chunk_map = ?, chunks_uploaded = ? WHERE id = ?",
                 params![pfile.chunk_map, pfile.chunks_uploaded, pfile_id],
             )?;
@@ -906,7 +940,7 @@ impl Meta {
                 pfile.hash_state = Some(state);
             }
             pfile.hash_owner = Some(me);
-            tx.execute(
+            tx.run(
                 "UPDATE pfiles SET hashed_chunks = ?, hash_state = ?, hash_owner = ? WHERE id = ?",
                 params![pfile.hashed_chunks, pfile.hash_state, me, pfile_id],
             )?;
@@ -919,9 +953,9 @@ impl Meta {
     /// its next save.
     pub fn take_hash(&mut self, pfile_id: i64, me: u32) -> Result<Option<PFile>> {
         let tx = self.write()?;
-        tx.execute("UPDATE pfiles SET hash_owner = ? WHERE id = ? AND complete = 0", params![me, pfile_id])?;
+        tx.run("UPDATE pfiles SET hash_owner = ? WHERE id = ? AND complete = 0", params![me, pfile_id])?;
         let pfile = tx
-            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
             .optional()?;
         tx.commit()?;
         Ok(pfile)
@@ -939,13 +973,13 @@ impl Meta {
         me: u32,
     ) -> Result<Option<(PFile, bool)>> {
         let tx = self.write()?;
-        let moved = tx.execute(
+        let moved = tx.run(
             "UPDATE pfiles SET hashed_chunks = ?, hash_state = ?
              WHERE id = ? AND hashed_chunks = ? AND hash_owner = ? AND complete = 0",
             params![to, state, pfile_id, from, me],
         )? == 1;
         let pfile = tx
-            .query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
+            .one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [pfile_id], pfile_from_row)
             .optional()?;
         tx.commit()?;
         Ok(pfile.map(|p| (p, moved)))
@@ -967,7 +1001,7 @@ impl Meta {
             ids
         };
         for id in &orphans {
-            tx.execute("DELETE FROM pfiles WHERE id = ?", [id])?;
+            tx.run("DELETE FROM pfiles WHERE id = ?", [id])?;
         }
         tx.commit()?;
         Ok(orphans)
@@ -976,8 +1010,8 @@ impl Meta {
     /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.
     pub fn discard_pfile(&mut self, pfile_id: i64) -> Result<()> {
         let tx = self.write()?;
-        tx.execute("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
-        tx.execute("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])?;
+        tx.run("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
+        tx.run("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])?;
         tx.commit()?;
         Ok(())
     }
@@ -998,7 +1032,7 @@ impl Meta {
         let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
             return Ok(None);
         };
-        let size: i64 = tx.query_row("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
+        let size: i64 = tx.one("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
         let (attr, more) = place_content(&tx, user, path, Content { pfile_id: Some(sealed), size: size as u64 }, new)?;
         released.extend(more);
         tx.commit()?;
@@ -1075,7 +1109,7 @@ impl Meta {
     /// Forgets an upload whose content could not be placed, and its physical file if nothing else refers to it.
     fn drop_unplaced_upload(&mut self, upload: &Upload, pfile_id: i64) -> Result<Released> {
         let tx = self.write()?;
-        tx.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+        tx.run("DELETE FROM uploads WHERE id = ?", [upload.id])?;
         let released = release_if_unused(&tx, pfile_id)?;
         tx.commit()?;
         Ok(released)
@@ -1090,9 +1124,8 @@ impl Meta {
         new: NewFile,
     ) -> Result<Option<(Attr, Released)>> {
         let tx = self.write()?;
-        let size: Option<i64> = tx
-            .query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))
-            .optional()?;
+        let size: Option<i64> =
+            tx.one("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0)).optional()?;
         let Some(size) = size else {
             return Ok(None);
         };
@@ -1107,13 +1140,12 @@ impl Meta {
 /// Marks a verified physical file complete, or folds it into an identical complete one (same md5, sha256 and
 /// size): then uploads bound to it move to the twin and it is released. `None` when the row is gone.
 fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
-    let size: Option<i64> =
-        conn.query_row("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
+    let size: Option<i64> = conn.one("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
     let Some(size) = size else {
         return Ok(None);
     };
     let twin: Option<i64> = conn
-        .query_row(
+        .one(
             "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND sha256 = ? AND complete = 1 AND id != ? LIMIT 1",
             params![md5, size, sha256, pfile_id],
             |r| r.get(0),
@@ -1121,12 +1153,12 @@ fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<
         .optional()?;
     Ok(Some(match twin {
         Some(twin) => {
-            conn.execute("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
-            conn.execute("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
+            conn.run("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
+            conn.run("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
             (twin, vec![pfile_id])
         }
         None => {
-            conn.execute(
+            conn.run(
                 "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, uploader = NULL WHERE id = ?",
                 params![md5, sha256, pfile_id],
             )?;
@@ -1138,15 +1170,14 @@ fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<
 /// Places the complete physical file `pfile_id` at the upload's path and forgets the upload, inside the caller's
 /// transaction. The inner error is the path refusing the content (the caller rolls back and drops the upload).
 fn place_upload(conn: &Connection, user: &User, upload: &Upload, pfile_id: i64) -> Result<Result<(Attr, Released)>> {
-    let size: i64 =
-        conn.query_row("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))?;
+    let size: i64 = conn.one("SELECT size FROM pfiles WHERE id = ? AND complete = 1", [pfile_id], |r| r.get(0))?;
     let new = NewFile { mode: upload.mode, owner: upload.owner, mtime: upload.mtime };
     let content = Content { pfile_id: Some(pfile_id), size: size as u64 };
     let (attr, mut released) = match place_content(conn, user, &upload.path, content, new) {
         Ok(placed) => placed,
         Err(e) => return Ok(Err(e)),
     };
-    conn.execute("DELETE FROM uploads WHERE id = ?", [upload.id])?;
+    conn.run("DELETE FROM uploads WHERE id = ?", [upload.id])?;
     released.extend(release_if_unreferenced(conn, pfile_id)?);
     Ok(Ok((attr, released)))
 }
@@ -1155,24 +1186,24 @@ fn insert_pfile(conn: &Connection, user: &User, md5: &str, size: u64, chunk_size
     let total = size.div_ceil(chunk_size as u64);
     let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
     let map = vec![0u8; (total as usize).div_ceil(8)];
-    conn.execute(
+    conn.run(
         "INSERT INTO pfiles (md5, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
         params![md5, size as i64, chunk_size, total, map, user.id, now().sec],
     )?;
     let id = conn.last_insert_rowid();
-    Ok(conn.query_row(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?)
+    Ok(conn.one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?)
 }
 
 fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
     let old: Option<i64> = conn
-        .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
+        .one("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
         .optional()?;
-    conn.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+    conn.run("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
     let (ms, mns) = match new.mtime {
         Some(t) => (Some(t.sec), Some(t.nsec)),
         None => (None, None),
     };
-    conn.execute(
+    conn.run(
         "INSERT INTO uploads (user_id, path, pfile_id, mode, uid, gid, mtime_s, mtime_ns, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![user.id, path, pfile_id, new.mode, new.owner.uid, new.owner.gid, ms, mns, now().sec],
     )?;
@@ -1230,7 +1261,7 @@ fn attr_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Attr> {
 }
 
 fn attr_of(conn: &Connection, node: i64) -> Result<Attr> {
-    Ok(conn.query_row(
+    Ok(conn.one(
         &format!("SELECT {ATTR_COLUMNS} FROM nodes n LEFT JOIN pfiles p ON p.id = n.pfile_id WHERE n.id = ?"),
         [node],
         |r| attr_from_row(r, 0),
@@ -1263,7 +1294,7 @@ fn insert_node(
     target: Option<&str>,
     rdev: u64,
 ) -> Result<i64> {
-    conn.execute(
+    conn.run(
         "INSERT INTO nodes (user_id, kind, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, rdev, target)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7, ?8, ?7, ?8, ?9, ?10)",
         params![user_id, kind_to_int(kind), mode & 0o7777, owner.uid, owner.gid, nlink, t.sec, t.nsec, rdev as i64, target],
@@ -1273,12 +1304,13 @@ fn insert_node(
 
 fn lookup(conn: &Connection, parent: i64, name: &str) -> Result<Option<Node>> {
     Ok(conn
-        .prepare_cached(
+        .one(
             "SELECT n.id, n.kind, n.nlink, n.pfile_id FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent = ? AND e.name = ?",
-        )?
-        .query_row(params![parent, name], |r| {
-            Ok(Node { id: r.get(0)?, kind: kind_from_int(r.get(1)?), nlink: r.get(2)?, pfile_id: r.get(3)? })
-        })
+            params![parent, name],
+            |r| {
+                Ok(Node { id: r.get(0)?, kind: kind_from_int(r.get(1)?), nlink: r.get(2)?, pfile_id: r.get(3)? })
+            },
+        )
         .optional()?)
 }
 
@@ -1313,7 +1345,7 @@ fn resolve_parent<'p>(conn: &Connection, user: &User, path: &'p str) -> Result<(
 }
 
 fn has_entries(conn: &Connection, dir: i64) -> Result<bool> {
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM entries WHERE parent = ?)", [dir], |r| r.get(0))?)
+    Ok(conn.one("SELECT EXISTS (SELECT 1 FROM entries WHERE parent = ?)", [dir], |r| r.get(0))?)
 }
 
 /// True when `dir` is `node` or lies below it.
@@ -1323,7 +1355,7 @@ fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<boo
         if dir == node {
             return Ok(true);
         }
-        match conn.query_row("SELECT parent FROM entries WHERE node = ?", [dir], |r| r.get::<_, i64>(0)).optional()? {
+        match conn.one("SELECT parent FROM entries WHERE node = ?", [dir], |r| r.get::<_, i64>(0)).optional()? {
             Some(parent) => dir = parent,
             None => return Ok(false),
         }
@@ -1332,7 +1364,7 @@ fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<boo
 }
 
 fn touch_dir(conn: &Connection, dir: i64, t: Timespec) -> Result<()> {
-    conn.execute(
+    conn.run(
         "UPDATE nodes SET mtime_s = ?1, mtime_ns = ?2, ctime_s = ?1, ctime_ns = ?2 WHERE id = ?3",
         params![t.sec, t.nsec, dir],
     )?;
@@ -1340,25 +1372,25 @@ fn touch_dir(conn: &Connection, dir: i64, t: Timespec) -> Result<()> {
 }
 
 fn add_entry(conn: &Connection, parent: i64, name: &str, node: i64, t: Timespec) -> Result<()> {
-    conn.execute("INSERT INTO entries (parent, name, node) VALUES (?, ?, ?)", params![parent, name, node])?;
+    conn.run("INSERT INTO entries (parent, name, node) VALUES (?, ?, ?)", params![parent, name, node])?;
     touch_dir(conn, parent, t)
 }
 
 fn remove_entry(conn: &Connection, parent: i64, name: &str, t: Timespec) -> Result<()> {
-    conn.execute("DELETE FROM entries WHERE parent = ? AND name = ?", params![parent, name])?;
+    conn.run("DELETE FROM entries WHERE parent = ? AND name = ?", params![parent, name])?;
     touch_dir(conn, parent, t)
 }
 
 /// One name of a non-directory node is gone: drop a link, and the node with its content reference when it was the last.
 fn drop_link(conn: &Connection, node: &Node, t: Timespec) -> Result<Released> {
     if node.nlink > 1 {
-        conn.execute(
+        conn.run(
             "UPDATE nodes SET nlink = nlink - 1, ctime_s = ?, ctime_ns = ? WHERE id = ?",
             params![t.sec, t.nsec, node.id],
         )?;
         return Ok(Vec::new());
     }
-    conn.execute("DELETE FROM nodes WHERE id = ?", [node.id])?;
+    conn.run("DELETE FROM nodes WHERE id = ?", [node.id])?;
     match node.pfile_id {
         Some(pfile) => unref_pfile(conn, pfile),
         None => Ok(Vec::new()),
@@ -1368,24 +1400,24 @@ fn drop_link(conn: &Connection, node: &Node, t: Timespec) -> Result<Released> {
 /// Forgets the user's unfinished upload to `path`, if any (its content is being replaced).
 fn drop_upload_in(conn: &Connection, user: &User, path: &str) -> Result<Released> {
     let old: Option<i64> = conn
-        .query_row("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
+        .one("SELECT pfile_id FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path], |r| r.get(0))
         .optional()?;
     let Some(old) = old else {
         return Ok(Vec::new());
     };
-    conn.execute("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
+    conn.run("DELETE FROM uploads WHERE user_id = ? AND path = ?", params![user.id, path])?;
     release_if_unused(conn, old)
 }
 
 fn unref_pfile(conn: &Connection, pfile: i64) -> Result<Released> {
-    conn.execute("UPDATE pfiles SET refs = refs - 1 WHERE id = ?", [pfile])?;
+    conn.run("UPDATE pfiles SET refs = refs - 1 WHERE id = ?", [pfile])?;
     release_if_unreferenced(conn, pfile)
 }
 
 /// Deletes a complete physical file nothing refers to (no node, no upload). Runs inside the writer's
 /// IMMEDIATE transaction, so an instant upload either added its reference before or finds the row gone after.
 fn release_if_unreferenced(conn: &Connection, pfile: i64) -> Result<Released> {
-    let n = conn.execute(
+    let n = conn.run(
         "DELETE FROM pfiles WHERE id = ?1 AND complete = 1 AND refs <= 0
          AND NOT EXISTS (SELECT 1 FROM uploads WHERE pfile_id = ?1)",
         [pfile],
@@ -1404,7 +1436,7 @@ fn release_if_unused(conn: &Connection, pfile: i64) -> Result<Released> {
 
 /// Deletes an unfinished physical file that no upload is bound to any more.
 fn release_if_orphan_upload(conn: &Connection, pfile: i64) -> Result<Released> {
-    let n = conn.execute(
+    let n = conn.run(
         "DELETE FROM pfiles WHERE id = ?1 AND complete = 0 AND NOT EXISTS (SELECT 1 FROM uploads WHERE pfile_id = ?1)",
         [pfile],
     )?;
@@ -1423,13 +1455,13 @@ fn place_content(
     let mtime = new.mtime.unwrap_or(t);
     if let Some(p) = content.pfile_id {
         // Only a complete physical file may be referenced; it may have been released since it was looked up.
-        if conn.execute("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {
+        if conn.run("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {
             return fail(ErrorCode::Io, "the content was released meanwhile; retry");
         }
     }
     match lookup(conn, parent, name)? {
         Some(node) if node.kind == NodeKind::File => {
-            conn.execute(
+            conn.run(
                 "UPDATE nodes SET pfile_id = ?, size = ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE id = ?",
                 params![content.pfile_id, content.size as i64, mtime.sec, mtime.nsec, t.sec, t.nsec, node.id],
             )?;
@@ -1443,7 +1475,7 @@ fn place_content(
         Some(_) => fail(ErrorCode::Exists, format!("{path} exists and is not a regular file")),
         None => {
             let node = insert_node(conn, user.id, NodeKind::File, new.mode, new.owner, 1, t, None, 0)?;
-            conn.execute(
+            conn.run(
                 "UPDATE nodes SET pfile_id = ?, size = ?, mtime_s = ?, mtime_ns = ? WHERE id = ?",
                 params![content.pfile_id, content.size as i64, mtime.sec, mtime.nsec, node],
             )?;

@@ -61,7 +61,7 @@ fn cross_user_instant_upload_needs_a_proof() {
     let right: Vec<String> = held_ranges.iter().map(|r| ownership_proof(&held_nonce, range_of(&x1, r))).collect();
     match b.call(&ProveOwnership { challenge_id: held_id, proofs: right }) {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownUpload), "a used challenge: {e}"),
-        Ok(UploadFileRes::Instant { attr }) => panic!("a used challenge gave an instant upload: {attr:?}"),
+        Ok(UploadFileRes::Instant { attr, .. }) => panic!("a used challenge gave an instant upload: {attr:?}"),
         Ok(_) => {}
     }
 
@@ -85,7 +85,7 @@ fn cross_user_instant_upload_needs_a_proof() {
     assert_ne!(nonce, nonce2, "every challenge has its own nonce");
     let proofs = ranges.iter().map(|r| ownership_proof(&nonce2, range_of(&x2, r))).collect();
     match b.call(&ProveOwnership { challenge_id: id, proofs }).expect("ProveOwnership") {
-        UploadFileRes::Instant { attr } => {
+        UploadFileRes::Instant { attr, .. } => {
             assert_eq!(attr.size, x2.len() as u64);
             assert_eq!(attr.md5.as_deref(), Some(md5_hex(&x2).as_str()));
         }

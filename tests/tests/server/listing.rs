@@ -28,7 +28,7 @@ fn a_file_being_uploaded_is_never_listed() {
     }
     // The same user asking for the same content on the other connection gets the upload, not the file.
     match watcher.call(&upload_request("/partial-copy", &data)).expect("UploadFile") {
-        UploadFileRes::Instant { attr } => panic!("instant upload of content still being uploaded: {attr:?}"),
+        UploadFileRes::Instant { attr, .. } => panic!("instant upload of content still being uploaded: {attr:?}"),
         UploadFileRes::Upload { .. } | UploadFileRes::Challenge { .. } => {}
     }
     expect_code(watcher.stat("/partial-copy"), ErrorCode::NotFound, "the copy is not there either");

@@ -1,11 +1,58 @@
 //! The tree: rename of files and whole directories, rmdir, hard links, symlinks, special files, attributes, statfs.
 
 use netdisk_e2e::netdisk_protocol::{
-    md5_hex, ErrorCode, Link, Mknod, NodeKind, Owner, ReadLink, SetAttr, SetTime, StatFs, Symlink, Timespec, MAX_NAME,
+    md5_hex, DeleteFile, ErrorCode, Link, Mkdir, Mknod, NodeKind, Owner, ReadLink, Rmdir, SetAttr, SetTime, StatFs,
+    Symlink, Timespec, UploadFile, UploadFileRes, MAX_NAME,
 };
 use netdisk_e2e::{expect_code, random_bytes, ServerOpts};
 
 use crate::{alice, assert_same_bytes, server_with_alice};
+
+/// A change of a directory's entries answers with that directory's attributes as they are right after it, so
+/// that the mount need not ask again (and what it keeps is what a `Stat` would say).
+#[test]
+fn changes_answer_with_their_directory() {
+    let server = server_with_alice(ServerOpts::default());
+    let mut c = alice(&server);
+    let owner = Owner::default();
+    let before = c.stat("/").expect("stat /");
+
+    let made = c.call(&Mkdir { path: "/d".into(), mode: 0o755, owner }).expect("mkdir");
+    let root = made.dir.expect("mkdir answers with the parent");
+    assert_eq!(root, c.stat("/").expect("stat /"), "mkdir: the parent as Stat sees it");
+    assert_eq!(root.nlink, before.nlink + 1, "a new subdirectory adds a link to its parent");
+
+    let data = b"a small file sent whole";
+    let req = UploadFile {
+        path: "/d/f".into(),
+        size: data.len() as u64,
+        md5: md5_hex(data),
+        mode: 0o644,
+        mtime: None,
+        owner,
+    };
+    let UploadFileRes::Instant { dir, .. } = c.call_with_payload(&req, data).expect("upload").0 else {
+        panic!("a file sent whole is placed at once");
+    };
+    let d = dir.expect("an upload placed at once answers with its directory");
+    assert_eq!(d, c.stat("/d").expect("stat /d"), "upload: the directory as Stat sees it");
+    assert!(d.mtime > made.attr.mtime, "a new name changes the mtime");
+
+    // The same content again, at a second name: instant, by md5 (the user holds it).
+    let again = UploadFile { path: "/d/g".into(), ..req };
+    let UploadFileRes::Instant { dir, .. } = c.call(&again).expect("instant upload") else {
+        panic!("content the user holds is placed at once");
+    };
+    assert_eq!(dir.expect("an instant upload answers with its directory"), c.stat("/d").expect("stat /d"));
+
+    let gone = c.call(&DeleteFile { path: "/d/f".into() }).expect("unlink");
+    assert_eq!(gone.dir.expect("unlink answers with the directory"), c.stat("/d").expect("stat /d"));
+    c.call(&DeleteFile { path: "/d/g".into() }).expect("unlink");
+    let removed = c.call(&Rmdir { path: "/d".into() }).expect("rmdir");
+    let root = removed.dir.expect("rmdir answers with the parent");
+    assert_eq!(root, c.stat("/").expect("stat /"), "rmdir: the parent as Stat sees it");
+    assert_eq!(root.nlink, before.nlink, "the link is gone with the subdirectory");
+}
 
 #[test]
 fn rename_moves_whole_subtrees() {

@@ -190,7 +190,7 @@ fn same_user_instant_upload() {
     assert_eq!(a.chunks_sent, 5);
     // Same content, another path: md5 + size is enough within one user, no challenge, no chunk.
     match c.call(&upload_request("/b", &data)).expect("UploadFile") {
-        UploadFileRes::Instant { attr } => {
+        UploadFileRes::Instant { attr, .. } => {
             assert_eq!(attr.size, data.len() as u64);
             assert_eq!(attr.md5.as_deref(), Some(md5_hex(&data).as_str()));
             assert_ne!(attr.ino, a.attr.ino, "a new path is a new node");
