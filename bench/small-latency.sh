@@ -8,28 +8,8 @@ cd "$(dirname "$0")/.."
 n=${1:-1000}
 durability=${2:-full}
 cargo build --release -q -p netdisk-server -p netdisk-fusefs --bins
-work=$(mktemp -d /var/tmp/netdisk-latency.XXXXXX)
-server_pid= mount_pid=
-cleanup() {
-    if [ -n "$mount_pid" ]; then kill "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
-    mountpoint -q "$work/mnt" 2>/dev/null && umount -l "$work/mnt"
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-export NETDISK_PASSWORD=bench
-mkdir -p "$work/mnt"
-target/release/netdisk-server user add bench --data "$work/data" >/dev/null
-target/release/netdisk-server serve --durability "$durability" --data "$work/data" --listen 127.0.0.1:0 \
-    >"$work/server.out" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do grep -q '^listening on' "$work/server.out" && break; sleep 0.1; done
-addr=$(sed -n 's/^listening on //p' "$work/server.out")
-target/release/netdisk-mount --server "$addr" --user bench --cache-dir "$work/cache" "$work/mnt" \
-    >"$work/mount.out" 2>"$work/mount.log" &
-mount_pid=$!
-for _ in $(seq 100); do grep -q '^mounted' "$work/mount.out" && break; sleep 0.1; done
-grep -q '^mounted' "$work/mount.out" || { cat "$work/mount.log"; exit 1; }
+. bench/netdisk-mount.sh
+start_netdisk --durability "$durability"
 echo "machine: $(nproc) cores, $(uname -r); $n files of 4 KiB; server durability $durability"
 python3 - "$work/mnt" "$n" <<'PY'
 import os, statistics, sys, time
