@@ -357,16 +357,13 @@ impl NetFs {
         let path = self.child_path(parent, name)?;
         let child = self.inodes().child(parent, name);
         // A name that exists only here changes nothing on the server.
-        let mut on_server = None;
         if !child.is_some_and(|ino| self.is_local(ino)) {
             // L1: the name goes from the table only once the server's DeleteFileRes is here.
             let _change = self.mutations.begin();
-            on_server = Some(self.remote.call(&DeleteFile { path }).await?);
-        }
-        let gone = self.inodes().detach(parent, name);
-        if let Some(res) = on_server {
+            let res = self.remote.call(&DeleteFile { path }).await?;
             self.dir_changed(parent, res.dir);
         }
+        let gone = self.inodes().detach(parent, name);
         let nameless = self.lost_link(gone);
         self.orphan(nameless).await;
         Ok(())

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use crate::error::{fail, Result};
 
 /// Statements through the connection's cache of prepared statements. A connection answers the same few dozen
-/// statements over and over; preparing each anew was a third of the server's CPU for small files
+/// statements over and over; preparing each anew was over a quarter of the server's CPU for small files
 /// (`perf record` over 3,000 creates and unlinks, bench/ANALYSIS.md).
 trait Cached {
     fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
