@@ -39,6 +39,8 @@ pub struct Config {
     pub staging_dir: PathBuf,
     /// Chunks of one file uploaded at once.
     pub upload_parallelism: usize,
+    /// The server's proof salt (from the login): written content is hashed with it, to answer ownership challenges.
+    pub proof_salt: Arc<[u8]>,
 }
 
 /// An inode number with the attributes to report for it.
@@ -546,7 +548,8 @@ impl NetFs {
         if self.inodes().path(parent).is_none() {
             return Err(not_found());
         }
-        let mut staging = Staging::create(&self.config.staging_dir, mode & 0o7777, owner)?;
+        let mut staging =
+            Staging::create(&self.config.staging_dir, mode & 0o7777, owner, self.config.proof_salt.clone())?;
         let t = now();
         // The upload carries the creation time as mtime: the file keeps the times it was created with.
         (staging.dirty, staging.mtime, staging.ctime) = (true, Some(t), Some(t));
@@ -605,8 +608,12 @@ impl NetFs {
                 s
             }
             None => {
-                let mut s =
-                    Staging::create(&self.config.staging_dir, attr.mode, Owner { uid: attr.uid, gid: attr.gid })?;
+                let mut s = Staging::create(
+                    &self.config.staging_dir,
+                    attr.mode,
+                    Owner { uid: attr.uid, gid: attr.gid },
+                    self.config.proof_salt.clone(),
+                )?;
                 if truncate {
                     if attr.size > 0 {
                         // Empty already: this records the change (dirty, mtime and ctime now).
@@ -813,11 +820,12 @@ impl NetFs {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        let md5 = tokio::task::block_in_place(|| s.md5())?;
+        let hashes = tokio::task::block_in_place(|| s.hashes())?;
         let req = UploadFile {
             path: path.clone(),
             size: s.size,
-            md5: md5.clone(),
+            md5: hashes.md5.clone(),
+            sha256: Some(hashes.sha256.clone()),
             mode: s.mode,
             mtime: s.mtime,
             owner: s.owner,
@@ -832,7 +840,7 @@ impl NetFs {
                 other => return Err(FsError::Connection(format!("a file sent whole was answered with {other:?}"))),
             }
         } else {
-            self.upload_by_md5(&req, s, &ticket.sent).await?
+            self.upload_by_md5(&req, &hashes.proof_tag, s, &ticket.sent).await?
         };
         drop(ticket);
         tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
@@ -865,6 +873,7 @@ impl NetFs {
     async fn upload_by_md5(
         &self,
         req: &UploadFile,
+        proof_tag: &str,
         s: &Staging,
         sent: &Arc<AtomicU64>,
     ) -> Result<(Attr, Option<Attr>)> {
@@ -873,12 +882,9 @@ impl NetFs {
             // A challenge is answered on the connection that asked it.
             let mut session = self.remote.session().await?;
             let mut answer = session.call(req).await?;
-            if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
-                let proofs = ranges
-                    .iter()
-                    .map(|r| s.range(r.offset, r.len).map(|bytes| ownership_proof(nonce, &bytes)))
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                match session.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).await {
+            if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
+                let proof = ownership_proof(proof_tag, nonce);
+                match session.call(&ProveOwnership { challenge_id: *challenge_id, proof }).await {
                     Ok(a) => answer = a,
                     // The connection was replaced between question and answer: ask again.
                     Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => continue,
@@ -988,7 +994,16 @@ impl NetFs {
             return unsupported();
         }
         let Some(path) = self.inodes().path(ino_out) else { return unsupported() };
-        let req = UploadFile { path, size: source.size, md5: md5.clone(), mode: s.mode, mtime: None, owner: s.owner };
+        // Named by md5 alone: the server places it only if this user holds exactly one content with that md5.
+        let req = UploadFile {
+            path,
+            size: source.size,
+            md5: md5.clone(),
+            sha256: None,
+            mode: s.mode,
+            mtime: None,
+            owner: s.owner,
+        };
         let answer = {
             let _change = self.mutations.begin();
             self.remote.call(&req).await?

@@ -1,5 +1,5 @@
 //! Open files. Writes go to a staging file in the cache directory, shared by every handle of one inode;
-//! its md5 is kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
+//! its hashes are kept up to date while writes are sequential, and the whole file is uploaded on flush, fsync or last close.
 //! Architecture Invariant: staged data that failed to upload is kept on disk, never silently dropped.
 
 use std::collections::{HashMap, HashSet};
@@ -9,10 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
-use netdisk_protocol::{Owner, Timespec};
+use netdisk_protocol::{ContentHasher, ContentHashes, Owner, Timespec};
 
-use crate::running_md5::RunningMd5;
+use crate::running_hash::RunningHash;
 
 /// A file's content being written, in a local file.
 pub struct Staging {
@@ -23,8 +22,10 @@ pub struct Staging {
     pub dirty: bool,
     /// The inode lost its last name: never upload it again.
     pub unlinked: bool,
-    /// md5 of the content as it is written.
-    running_md5: RunningMd5,
+    /// Hashes of the content as it is written.
+    running_hash: RunningHash,
+    /// The proof salt of the server the content goes to.
+    salt: Arc<[u8]>,
     /// Mode, owner and mtime to upload with (a file created here has them nowhere else yet). The mtime is the
     /// time of the last write or truncate here (or the one `utimensat` set), not the time of the upload.
     pub mode: u32,
@@ -57,20 +58,21 @@ fn process_of(tid: u32) -> u32 {
 }
 
 impl Staging {
-    /// A new, empty staging file in `dir`.
-    pub fn create(dir: &Path, mode: u32, owner: Owner) -> io::Result<Staging> {
+    /// A new, empty staging file in `dir`, for content named with the proof salt `salt`.
+    pub fn create(dir: &Path, mode: u32, owner: Owner, salt: Arc<[u8]>) -> io::Result<Staging> {
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let path = dir.join(format!("{}.staged", hex::encode(random)));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        let running_md5 = RunningMd5::new(file.try_clone()?);
+        let running_hash = RunningHash::new(file.try_clone()?, salt.clone());
         Ok(Staging {
             file,
             path,
             size: 0,
             dirty: false,
             unlinked: false,
-            running_md5,
+            running_hash,
+            salt,
             mode,
             owner,
             mtime: None,
@@ -85,7 +87,7 @@ impl Staging {
         self.file.write_all_at(data, offset)?;
         self.size = self.size.max(offset + data.len() as u64);
         self.changed();
-        self.running_md5.written(offset, data);
+        self.running_hash.written(offset, data);
         Ok(())
     }
 
@@ -118,7 +120,7 @@ impl Staging {
 
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        self.running_md5.truncated(size);
+        self.running_hash.truncated(size);
         self.size = size;
         self.changed();
         Ok(())
@@ -137,8 +139,8 @@ impl Staging {
             self.size = end;
         }
         if grows || zeroed {
-            // Bytes changed without a write: the running md5 cannot follow, the upload hashes the file.
-            self.running_md5.forget();
+            // Bytes changed without a write: the running hash cannot follow, the upload hashes the file.
+            self.running_hash.forget();
             self.changed();
         }
         Ok(())
@@ -152,12 +154,13 @@ impl Staging {
         self.ctime = Some(t);
     }
 
-    /// The md5 of the staged content: from the running hash when writes were sequential, else by reading it back.
-    pub fn md5(&mut self) -> io::Result<String> {
-        if let Some(md5) = self.running_md5.digest(self.size) {
-            return Ok(md5);
+    /// The hashes of the staged content (md5, SHA-256, proof tag): from the running hash when writes were
+    /// sequential, else by reading it back.
+    pub fn hashes(&mut self) -> io::Result<ContentHashes> {
+        if let Some(hashes) = self.running_hash.digest(self.size) {
+            return Ok(hashes);
         }
-        let mut h = Md5::new();
+        let mut h = ContentHasher::new(&self.salt);
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0;
         while offset < self.size {
@@ -169,7 +172,7 @@ impl Staging {
             h.update(&buf[..n]);
             offset += n as u64;
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(h.finish())
     }
 
     /// Bytes of `[offset, offset + len)`.
@@ -257,23 +260,23 @@ mod tests {
     #[test]
     fn md5_is_right_for_sequential_and_random_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Staging::create(dir.path(), 0o644, Owner::default()).unwrap();
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b""));
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default(), Arc::from(&b"salt"[..])).unwrap();
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(b""));
         s.write(0, b"hello ").unwrap();
         s.write(6, b"world").unwrap();
-        assert!(s.running_md5.digest(s.size).is_some());
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world"));
+        assert!(s.running_hash.digest(s.size).is_some());
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(b"hello world"));
         // Out of order (as write-back may deliver): still hashed as it goes.
         s.write(16, b"!").unwrap();
         s.write(11, b"12345").unwrap();
-        assert!(s.running_md5.digest(s.size).is_some());
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"hello world12345!"));
+        assert!(s.running_hash.digest(s.size).is_some());
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(b"hello world12345!"));
         s.truncate(11).unwrap();
         s.write(0, b"J").unwrap();
-        assert!(s.running_md5.digest(s.size).is_none());
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello world"));
+        assert!(s.running_hash.digest(s.size).is_none());
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(b"Jello world"));
         s.truncate(5).unwrap();
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(b"Jello"));
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(b"Jello"));
         assert_eq!(s.read(1, 100).unwrap(), b"ello");
         s.discard();
         assert!(!s.path.exists());
@@ -282,17 +285,17 @@ mod tests {
     #[test]
     fn fallocate_punches_zeros_and_grows_and_the_md5_follows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Staging::create(dir.path(), 0o644, Owner::default()).unwrap();
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default(), Arc::from(&b"salt"[..])).unwrap();
         let mut want = vec![7u8; 10_000];
         s.write(0, &want).unwrap();
         s.fallocate(4096, 4096, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).unwrap();
         want[4096..8192].fill(0);
         assert_eq!((s.size, s.read(0, 20_000).unwrap()), (10_000, want.clone()));
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(&want));
         s.fallocate(9000, 3000, 0).unwrap();
         want.resize(12_000, 0);
         assert_eq!(s.size, 12_000);
-        assert_eq!(s.md5().unwrap(), netdisk_protocol::md5_hex(&want));
+        assert_eq!(s.hashes().unwrap().md5, netdisk_protocol::md5_hex(&want));
         s.fallocate(0, 100_000, libc::FALLOC_FL_KEEP_SIZE).unwrap();
         assert_eq!(s.size, 12_000, "KEEP_SIZE allocates without growing");
         s.discard();

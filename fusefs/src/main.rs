@@ -9,7 +9,7 @@ mod fuse;
 mod handles;
 mod inode;
 mod local;
-mod running_md5;
+mod running_hash;
 mod settings;
 mod status;
 
@@ -347,6 +347,8 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
             _ => anyhow::anyhow!("cannot reach the server at {}: {e}", credentials.addr),
         })?;
     tracing::info!(server = %credentials.addr, user = %credentials.user, "logged in");
+    let proof_salt = netdisk_protocol::content::decode_salt(&login.proof_salt)
+        .ok_or_else(|| anyhow::anyhow!("the server at {} sent a malformed proof salt", credentials.addr))?;
 
     let ttl = Duration::from_secs_f64(settings.attr_timeout.max(0.0));
     let cache = cache::Cache::new(blocks_dir.clone(), settings.cache_size_mib << 20)?;
@@ -358,6 +360,7 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
         cache_limit: settings.cache_size_mib << 20,
         staging_dir,
         upload_parallelism: settings.connections.max(1),
+        proof_salt: Arc::from(proof_salt),
     };
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
     let filesystem = fuse::FuseFs::new(netfs.clone(), runtime.handle().clone(), ttl, (settings.uid, settings.gid));

@@ -3,11 +3,12 @@
 
 use std::io::{Read, Write};
 
+use crate::content::{content_hashes, decode_salt, ContentHashes};
 use crate::error::{DecodeError, WireError};
 use crate::io::{read_frame, write_frame, Direction, FrameError};
 use crate::kind::Kind;
 use crate::message::*;
-use crate::{chunk_crc, md5_hex, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
+use crate::{chunk_crc, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -52,11 +53,13 @@ pub struct UploadOutcome {
 pub struct Client<S> {
     stream: S,
     next_id: u64,
+    /// The server's proof salt, from the login answer.
+    proof_salt: Vec<u8>,
 }
 
 impl<S: Read + Write> Client<S> {
     pub fn new(stream: S) -> Client<S> {
-        Client { stream, next_id: 1 }
+        Client { stream, next_id: 1, proof_salt: Vec::new() }
     }
 
     pub fn stream(&self) -> &S {
@@ -100,7 +103,29 @@ impl<S: Read + Write> Client<S> {
     }
 
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginRes, ClientError> {
-        self.call(&Login { user: user.into(), password: password.into() })
+        let res = self.call(&Login { user: user.into(), password: password.into() })?;
+        self.proof_salt = decode_salt(&res.proof_salt)
+            .ok_or_else(|| ClientError::Protocol(format!("proof salt {:?} is not 64 hex digits", res.proof_salt)))?;
+        Ok(res)
+    }
+
+    /// The hashes of `data` as this server names them (md5, SHA-256, proof tag with its salt).
+    pub fn hashes(&self, data: &[u8]) -> ContentHashes {
+        content_hashes(&self.proof_salt, data)
+    }
+
+    /// The `UploadFile` request that names `data` for `path`.
+    pub fn upload_request(&self, path: &str, data: &[u8], mode: u32) -> UploadFile {
+        let hashes = self.hashes(data);
+        UploadFile {
+            path: path.into(),
+            size: data.len() as u64,
+            md5: hashes.md5,
+            sha256: Some(hashes.sha256),
+            mode,
+            mtime: None,
+            owner: Owner::default(),
+        }
     }
 
     pub fn stat(&mut self, path: &str) -> Result<Attr, ClientError> {
@@ -172,14 +197,7 @@ impl<S: Read + Write> Client<S> {
                 crate::MAX_INLINE_UPLOAD
             )));
         }
-        let req = UploadFile {
-            path: path.into(),
-            size: data.len() as u64,
-            md5: md5_hex(data),
-            mode,
-            mtime: None,
-            owner: Owner::default(),
-        };
+        let req = self.upload_request(path, data, mode);
         match self.call_with_payload(&req, data)?.0 {
             UploadFileRes::Instant { attr, .. } => Ok(attr),
             other => Err(ClientError::Protocol(format!("a file sent whole was answered with {other:?}"))),
@@ -187,21 +205,15 @@ impl<S: Read + Write> Client<S> {
     }
 
     pub fn upload(&mut self, path: &str, data: &[u8], mode: u32) -> Result<UploadOutcome, ClientError> {
-        let req = UploadFile {
-            path: path.into(),
-            size: data.len() as u64,
-            md5: md5_hex(data),
-            mode,
-            mtime: None,
-            owner: Owner::default(),
-        };
+        let req = self.upload_request(path, data, mode);
+        let proof_tag = self.hashes(data).proof_tag;
         let mut chunks_sent = 0;
         // Another connection may finish (or take over) the same content meanwhile: then asking again settles it.
         for _ in 0..UPLOAD_ATTEMPTS {
             let mut answer = self.call(&req)?;
-            if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
-                let proofs = ranges.iter().map(|r| ownership_proof(nonce, range_of(data, r))).collect();
-                answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proofs })?;
+            if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
+                let proof = ownership_proof(&proof_tag, nonce);
+                answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proof })?;
             }
             match answer {
                 UploadFileRes::Instant { attr, .. } => {
@@ -268,10 +280,3 @@ impl<S: Read + Write> Client<S> {
 
 /// Rounds of `UploadFile` an upload may take (each one after a concurrent connection finished the content first).
 const UPLOAD_ATTEMPTS: usize = 4;
-
-/// The bytes of `data` a challenge range names (clamped to the data).
-pub fn range_of<'a>(data: &'a [u8], range: &ByteRange) -> &'a [u8] {
-    let start = (range.offset as usize).min(data.len());
-    let end = (range.offset.saturating_add(range.len) as usize).min(data.len());
-    &data[start..end]
-}

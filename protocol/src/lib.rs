@@ -43,6 +43,7 @@
 //! | entries in one `GetDir` page | 512 |
 
 pub mod client;
+pub mod content;
 pub mod error;
 pub mod frame;
 pub mod fuzz;
@@ -51,6 +52,7 @@ pub mod kind;
 pub mod message;
 pub mod path;
 
+pub use content::{constant_time_eq, is_md5_hex, is_sha256_hex, ownership_proof, ContentHasher, ContentHashes};
 pub use error::{DecodeError, ErrorCode, WireError};
 pub use frame::{FrameHead, HEAD_LEN, MAGIC, VERSION};
 pub use kind::Kind;
@@ -108,19 +110,4 @@ pub fn chunk_crc(data: &[u8]) -> u32 {
 /// `chunk_crc` of bytes that come in pieces: start from 0, feed each piece in order.
 pub fn chunk_crc_append(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
-}
-
-/// The answer to one range of an ownership challenge: md5 (lowercase hex) of the challenge's nonce (as sent,
-/// its ASCII hex digits) followed by the range's bytes.
-pub fn ownership_proof(nonce: &str, bytes: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
-    h.update(nonce.as_bytes());
-    h.update(bytes);
-    hex::encode(h.finalize())
-}
-
-/// True when `s` looks like a lowercase hex md5 (32 hex digits).
-pub fn is_md5_hex(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

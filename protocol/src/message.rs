@@ -68,12 +68,6 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ByteRange {
-    pub offset: u64,
-    pub len: u64,
-}
-
 // ---- requests and their responses ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +80,9 @@ pub struct LoginRes {
     pub root: Attr,
     /// Chunk size for new uploads.
     pub chunk_size: u32,
+    /// This server's proof salt (64 hex digits): what a [`ContentHasher`](crate::ContentHasher) needs to compute the
+    /// proof tag that ownership challenges are answered from.
+    pub proof_salt: String,
 }
 
 /// One page of a directory: entries sorted by name, starting after `after`.
@@ -228,14 +225,18 @@ pub struct MknodRes {
     pub attr: Attr,
 }
 
-/// Puts `size` bytes with this md5 at `path` (replacing a regular file's content, keeping its node).
+/// Puts `size` bytes with this md5 and SHA-256 at `path` (replacing a regular file's content, keeping its node).
 /// A file of at most [`MAX_INLINE_UPLOAD`](crate::MAX_INLINE_UPLOAD) bytes may come whole as the payload: the
-/// server checks it against the md5 and answers `Instant` (the bytes themselves prove ownership).
+/// server checks it against the hashes and answers `Instant` (the bytes themselves prove ownership).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadFile {
     pub path: String,
     pub size: u64,
     pub md5: String,
+    /// The content's identity. Required for everything but placing content this user holds already by md5 alone
+    /// (a copy of one of their own files); without it the server refuses when two of their contents share the md5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Permission bits of a file that does not exist yet.
     pub mode: u32,
     /// Modification time to record; `None` means the server's now.
@@ -244,6 +245,8 @@ pub struct UploadFile {
 }
 
 /// The answer to `UploadFile` and to `ProveOwnership`.
+// A message lives for one request; boxing the attributes would only cost an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadFileRes {
@@ -258,17 +261,17 @@ pub enum UploadFileRes {
     },
     /// Send the chunks `QueryChunk` says are missing, each with `UploadChunk`.
     Upload { upload_id: u64, chunk_size: u32, chunk_count: u32 },
-    /// Prove you hold the content: answer, for each range in order, [`ownership_proof`](crate::ownership_proof)
-    /// of the nonce and the range's bytes. The nonce makes the answer unknowable from the file's md5 alone
-    /// (for a small file the one range is the whole file).
-    Challenge { challenge_id: u64, nonce: String, ranges: Vec<ByteRange> },
+    /// Prove you hold the whole content: answer [`ownership_proof`](crate::ownership_proof) of its proof tag and
+    /// this nonce. Asked whether or not anyone holds the content; one challenge per user and content in a long
+    /// while, so a wrong or missing answer leaves only the ordinary upload.
+    Challenge { challenge_id: u64, nonce: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProveOwnership {
     pub challenge_id: u64,
-    /// [`ownership_proof`](crate::ownership_proof) of the nonce and each challenged range.
-    pub proofs: Vec<String>,
+    /// [`ownership_proof`](crate::ownership_proof) of the content's proof tag and the challenge's nonce.
+    pub proof: String,
 }
 
 /// Which of these chunk indexes does the upload still need? (L3, step one)

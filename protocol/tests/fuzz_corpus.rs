@@ -80,6 +80,7 @@ fn write_seeds() {
                 path: "/up".into(),
                 size: 5,
                 md5: md5_hex(b"hello"),
+                sha256: Some(netdisk_protocol::content::content_hashes(b"", b"hello").sha256),
                 mode: 0o644,
                 mtime: Some(t),
                 owner,
@@ -89,7 +90,7 @@ fn write_seeds() {
         (
             AnyRequest::ProveOwnership(ProveOwnership {
                 challenge_id: u64::MAX,
-                proofs: vec![ownership_proof("00ff", b"hello")],
+                proof: ownership_proof(&"0f".repeat(32), "00ff"),
             }),
             b"",
         ),
@@ -101,7 +102,7 @@ fn write_seeds() {
     let file = attr(7, NodeKind::File);
     let dir = attr(1, NodeKind::Dir);
     let responses: Vec<(AnyResponse, &[u8])> = vec![
-        (AnyResponse::Login(LoginRes { root: dir.clone(), chunk_size: 4096 }), b""),
+        (AnyResponse::Login(LoginRes { root: dir.clone(), chunk_size: 4096, proof_salt: "ab".repeat(32) }), b""),
         (
             AnyResponse::GetDir(GetDirRes {
                 dir: dir.clone(),
@@ -119,11 +120,7 @@ fn write_seeds() {
         (AnyResponse::UploadFile(UploadFileRes::Instant { attr: file.clone(), dir: None }), b""),
         (AnyResponse::UploadFile(UploadFileRes::Upload { upload_id: 3, chunk_size: 4096, chunk_count: 2 }), b""),
         (
-            AnyResponse::ProveOwnership(UploadFileRes::Challenge {
-                challenge_id: 9,
-                nonce: "0123456789abcdef".into(),
-                ranges: vec![ByteRange { offset: 0, len: 65536 }, ByteRange { offset: 1 << 40, len: 1 }],
-            }),
+            AnyResponse::ProveOwnership(UploadFileRes::Challenge { challenge_id: 9, nonce: "0123456789abcdef".into() }),
             b"",
         ),
         (AnyResponse::QueryChunk(QueryChunkRes { needed: vec![1, 2] }), b""),

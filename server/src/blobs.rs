@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -30,11 +31,8 @@ pub enum Durability {
     Normal,
 }
 
-/// Hashes of a whole physical file.
-pub struct Hashes {
-    pub md5: String,
-    pub sha256: String,
-}
+/// Hashes of a whole physical file: md5 (lookup key), SHA-256 (identity) and the proof tag (ownership proofs).
+pub type Hashes = netdisk_protocol::ContentHashes;
 
 const READ_BUF: usize = 1 << 20;
 
@@ -180,56 +178,129 @@ pub fn default_reserve(data_dir: &Path) -> io::Result<u64> {
     Ok((size / 20).min(DEFAULT_RESERVE_MAX))
 }
 
-/// The ownership proof of a range: md5 of `nonce` then the bytes (see `netdisk_protocol::ownership_proof`).
-pub fn range_proof(file: &File, nonce: &str, offset: u64, len: u64) -> io::Result<String> {
-    let mut hasher = Md5::new();
-    hasher.update(nonce.as_bytes());
-    each_block(file, offset, len, |block| hasher.update(block))?;
-    Ok(hex::encode(hasher.finalize()))
+/// An exclusive claim on the bytes of one chunk of a blob, held while they are received: an OFD lock on the range,
+/// so two connections (processes) never write the same chunk at once, and the kernel drops it when the file is
+/// closed, whatever way the process ends. Whoever holds it decides from the database, after taking it, whether
+/// the chunk is still wanted (see `store::upload`).
+pub struct ChunkLock {
+    file: File,
 }
 
-/// md5 and SHA-256 of a physical file's first bytes, extended chunk by chunk as they land and resumable:
-/// between chunks (which may come over several connections, so several processes) its state is kept in the
-/// database. When it covers the whole file, sealing needs no second pass over the bytes.
+impl ChunkLock {
+    /// Locks `len` bytes at `offset` of `file` for writing; gives the file back when another open file holds any of them.
+    pub fn try_lock(file: File, offset: u64, len: u64) -> io::Result<Result<ChunkLock, File>> {
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: i64::try_from(offset).map_err(|_| io::Error::other("offset out of range"))?,
+            l_len: i64::try_from(len.max(1)).map_err(|_| io::Error::other("length out of range"))?,
+            l_pid: 0,
+        };
+        // SAFETY: `file` is an open descriptor and `lock` a valid flock for F_OFD_SETLK, which only reads it.
+        let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_OFD_SETLK, &lock) };
+        if rc == 0 {
+            return Ok(Ok(ChunkLock { file }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(Err(file)),
+            _ => Err(e),
+        }
+    }
+
+    /// [`ChunkLock::try_lock`], waiting up to `patience` for the holder (another connection receiving the same
+    /// chunk, which normally takes milliseconds) to let go. `None` if it still holds it then.
+    pub fn lock_within(mut file: File, offset: u64, len: u64, patience: Duration) -> io::Result<Option<ChunkLock>> {
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            file = match ChunkLock::try_lock(file, offset, len)? {
+                Ok(lock) => return Ok(Some(lock)),
+                Err(file) => file,
+            };
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // The kernel's blocking wait (F_OFD_SETLKW) takes no deadline without signals: poll instead.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// md5, SHA-256 and proof tag of a physical file's first bytes, extended chunk by chunk as they land and
+/// resumable: between chunks (which may come over several connections, so several processes) its state is kept
+/// in the database. When it covers the whole file, sealing needs no second pass over the bytes.
 pub struct RunningHash {
     md5: Md5,
-    sha256: Sha256,
+    /// SHA-256 and the proof tag (a salted SHA-256), fed together on the second thread of [`scan`].
+    sha: ShaPair,
 }
 
-impl Default for RunningHash {
-    fn default() -> RunningHash {
-        RunningHash::new()
+#[derive(Clone, Default)]
+struct ShaPair {
+    sha256: Sha256,
+    tag: Sha256,
+}
+
+impl ShaPair {
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.tag.update(bytes);
     }
 }
 
 impl RunningHash {
-    pub fn new() -> RunningHash {
-        RunningHash { md5: Md5::new(), sha256: Sha256::new() }
+    /// A running hash over no bytes yet, its proof tag salted with the store's `proof_salt`.
+    pub fn new(proof_salt: &[u8]) -> RunningHash {
+        let (md5, sha256, tag) = netdisk_protocol::ContentHasher::new(proof_salt).into_parts();
+        RunningHash { md5, sha: ShaPair { sha256, tag } }
     }
 
-    /// The state `save` wrote; `None` if it is not one.
+    /// The state `save` wrote; `None` if it is not one (also a state saved by an older server, without the tag).
     pub fn restore(state: &[u8]) -> Option<RunningHash> {
         use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-        let split = SerializedState::<Md5>::default().len();
-        if state.len() != split + SerializedState::<Sha256>::default().len() {
+        let md5_len = SerializedState::<Md5>::default().len();
+        let sha_len = SerializedState::<Sha256>::default().len();
+        if state.len() != md5_len + 2 * sha_len {
             return None;
         }
-        let (md5, sha256) = state.split_at(split);
+        let (md5, rest) = state.split_at(md5_len);
+        let (sha256, tag) = rest.split_at(sha_len);
         Some(RunningHash {
             md5: Md5::deserialize(md5.try_into().ok()?).ok()?,
-            sha256: Sha256::deserialize(sha256.try_into().ok()?).ok()?,
+            sha: ShaPair {
+                sha256: Sha256::deserialize(sha256.try_into().ok()?).ok()?,
+                tag: Sha256::deserialize(tag.try_into().ok()?).ok()?,
+            },
         })
     }
 
     pub fn save(&self) -> Vec<u8> {
         use sha2::digest::common::hazmat::SerializableState;
         let mut state = self.md5.serialize().to_vec();
-        state.extend_from_slice(&self.sha256.serialize());
+        state.extend_from_slice(&self.sha.sha256.serialize());
+        state.extend_from_slice(&self.sha.tag.serialize());
         state
     }
 
+    /// Feeds `len` zero bytes without reading them from anywhere (the zero tail of a grown file).
+    pub fn zeros(&mut self, mut len: u64) {
+        let zeros = vec![0u8; READ_BUF];
+        while len > 0 {
+            let n = (len as usize).min(zeros.len());
+            self.md5.update(&zeros[..n]);
+            self.sha.update(&zeros[..n]);
+            len -= n as u64;
+        }
+    }
+
     pub fn finish(self) -> Hashes {
-        Hashes { md5: hex::encode(self.md5.finalize()), sha256: hex::encode(self.sha256.finalize()) }
+        netdisk_protocol::ContentHasher::from_parts(self.md5, self.sha.sha256, self.sha.tag).finish()
     }
 }
 
@@ -243,7 +314,7 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
         return if read == len { Ok(crc) } else { Err(short(offset + read, offset + len)) };
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
-    let mut sha = std::mem::take(&mut running.sha256);
+    let mut sha = std::mem::take(&mut running.sha);
     std::thread::scope(|scope| {
         let sha_thread = scope.spawn(move || {
             for block in rx {
@@ -274,7 +345,7 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
             }
         }
         drop(tx);
-        running.sha256 = sha_thread.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
+        running.sha = sha_thread.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
         match failure {
             Some(e) => Err(e),
             None if done != len => Err(short(offset + done, offset + len)),
@@ -287,9 +358,10 @@ fn short(have: u64, want: u64) -> io::Error {
     io::Error::other(format!("blob has {have} bytes, expected {want}"))
 }
 
-/// md5 and SHA-256 of a whole file of `size` bytes, read back from disk (what was stored, not what was claimed).
-pub fn hash_file(file: &File, size: u64) -> io::Result<Hashes> {
-    let mut running = RunningHash::new();
+/// md5, SHA-256 and proof tag of a whole file of `size` bytes, read back from disk (what was stored, not what
+/// was claimed).
+pub fn hash_file(file: &File, size: u64, proof_salt: &[u8]) -> io::Result<Hashes> {
+    let mut running = RunningHash::new(proof_salt);
     scan(file, 0, size, Some(&mut running))?;
     Ok(running.finish())
 }
@@ -366,12 +438,18 @@ mod tests {
         let blobs = Blobs::new(dir.path(), Durability::Full);
         let f = blobs.open_for_upload(300, 5).unwrap();
         f.write_all_at(b"hello", 0).unwrap();
-        let h = hash_file(&f, 5).unwrap();
+        let h = hash_file(&f, 5, b"salt").unwrap();
         assert_eq!(h.md5, "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(h.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        assert_eq!(range_proof(&f, "", 1, 3).unwrap(), netdisk_protocol::md5_hex(b"ell"));
+        assert_eq!(h, netdisk_protocol::content::content_hashes(b"salt", b"hello"));
         assert!(blobs.path(300).ends_with("2c/300"));
-        assert!(hash_file(&f, 6).is_err());
+        assert!(hash_file(&f, 6, b"salt").is_err());
+        let mut grown = RunningHash::new(b"salt");
+        scan(&f, 0, 5, Some(&mut grown)).unwrap();
+        grown.zeros(3 << 20);
+        let mut want = b"hello".to_vec();
+        want.resize(5 + (3 << 20), 0);
+        assert_eq!(grown.finish(), netdisk_protocol::content::content_hashes(b"salt", &want));
     }
 
     #[test]
@@ -400,7 +478,7 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 999) as u8).collect();
         let f = blobs.open_for_upload(7, data.len() as u64).unwrap();
         f.write_all_at(&data, 0).unwrap();
-        let mut state = RunningHash::new().save();
+        let mut state = RunningHash::new(b"s").save();
         for (i, piece) in data.chunks(1 << 20).enumerate() {
             let mut running = RunningHash::restore(&state).unwrap();
             let offset = i as u64 * (1 << 20);
@@ -410,11 +488,28 @@ mod tests {
             state = running.save();
         }
         let whole = RunningHash::restore(&state).unwrap().finish();
-        let direct = hash_file(&f, data.len() as u64).unwrap();
+        let direct = hash_file(&f, data.len() as u64, b"s").unwrap();
         assert_eq!(whole.md5, netdisk_protocol::md5_hex(&data));
-        assert_eq!((whole.md5, whole.sha256), (direct.md5, direct.sha256));
+        assert_eq!(whole, direct);
         assert!(RunningHash::restore(&state[1..]).is_none());
         assert!(scan(&f, data.len() as u64 - 10, 11, None).is_err());
+    }
+
+    #[test]
+    fn a_chunk_is_locked_by_one_open_file_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path(), Durability::Normal);
+        blobs.open_for_upload(9, 3 << 20).unwrap();
+        let open = || blobs.open_for_upload(9, 3 << 20).unwrap();
+        let first = ChunkLock::try_lock(open(), 1 << 20, 1 << 20).unwrap().expect("a free chunk locks");
+        assert!(ChunkLock::try_lock(open(), 1 << 20, 1 << 20).unwrap().is_err(), "the same chunk is held");
+        assert!(ChunkLock::try_lock(open(), (1 << 20) + 5, 1).unwrap().is_err(), "any byte of it is held");
+        let other = ChunkLock::try_lock(open(), 2 << 20, 1 << 20).unwrap();
+        assert!(other.is_ok(), "another chunk is free");
+        let patience = Duration::from_millis(20);
+        assert!(ChunkLock::lock_within(open(), 1 << 20, 1, patience).unwrap().is_none(), "held all the while");
+        drop(first);
+        assert!(ChunkLock::lock_within(open(), 1 << 20, 1 << 20, patience).unwrap().is_some(), "closing frees it");
     }
 
     #[test]

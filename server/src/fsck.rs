@@ -107,6 +107,8 @@ struct PFileRow {
     refs: i64,
     hashed_chunks: i64,
     hash_state: Option<Vec<u8>>,
+    /// NULL for content sealed by a server before schema version 3.
+    proof_tag: Option<String>,
 }
 
 struct UploadRow {
@@ -123,6 +125,8 @@ struct Snapshot {
     entries: Vec<EntryRow>,
     pfiles: BTreeMap<i64, PFileRow>,
     uploads: Vec<UploadRow>,
+    /// The store's proof salt, which proof tags and running hashes are salted with.
+    proof_salt: Vec<u8>,
 }
 
 /// Opens the database without the right to change it. SQLite's read-only mode still needs the `-shm` file of a
@@ -225,7 +229,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
     let pfiles = rows(
         &tx,
         "SELECT id, md5, size, sha256, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete, uploader, refs,
-                hashed_chunks, hash_state
+                hashed_chunks, hash_state, proof_tag
          FROM pfiles ORDER BY id",
         found,
         |r| {
@@ -245,6 +249,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
                     refs: r.get(10)?,
                     hashed_chunks: r.get(11)?,
                     hash_state: r.get(12)?,
+                    proof_tag: r.get(13)?,
                 },
             ))
         },
@@ -254,8 +259,14 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
     let uploads = rows(&tx, "SELECT id, user_id, path, pfile_id FROM uploads ORDER BY id", found, |r| {
         Ok(UploadRow { id: r.get(0)?, user_id: r.get(1)?, path: r.get(2)?, pfile_id: r.get(3)? })
     })?;
+    let proof_salt: Option<Vec<u8>> =
+        tx.query_row("SELECT value FROM settings WHERE name = 'proof_salt'", [], |r| r.get(0)).optional()?;
+    let proof_salt = proof_salt.unwrap_or_else(|| {
+        found.definite("database: no proof salt in settings".into());
+        Vec::new()
+    });
     tx.commit()?;
-    Ok(Snapshot { users, nodes, entries, pfiles, uploads })
+    Ok(Snapshot { users, nodes, entries, pfiles, uploads, proof_salt })
 }
 
 /// Every row of a query. A row whose values do not have the schema's types is a problem, not the end of the check.
@@ -786,7 +797,7 @@ impl<'a> Fsck<'a> {
     /// The blob of a complete physical file: present, of the recorded size, with the recorded md5 and SHA-256.
     fn check_complete_blob(&mut self, label: &str, p: &PFileRow) {
         let Some(file) = self.open_blob(label, p) else { return };
-        let hashes = match blobs::hash_file(&file, p.size as u64) {
+        let hashes = match blobs::hash_file(&file, p.size as u64, &self.snap.proof_salt) {
             Ok(h) => h,
             Err(e) => return self.problem(format!("{label}: cannot read it: {e}")),
         };
@@ -796,6 +807,9 @@ impl<'a> Fsck<'a> {
         }
         if Some(&hashes.sha256) != p.sha256.as_ref() {
             wrong.push(format!("SHA-256 {} (recorded {})", hashes.sha256, p.sha256.as_deref().unwrap_or("none")));
+        }
+        if p.proof_tag.as_ref().is_some_and(|tag| *tag != hashes.proof_tag) {
+            wrong.push(format!("proof tag {} (recorded {})", hashes.proof_tag, p.proof_tag.as_deref().unwrap_or("")));
         }
         if !wrong.is_empty() {
             self.problem(format!("{label}: content on disk does not match: {}", wrong.join(", ")));
@@ -848,7 +862,7 @@ impl<'a> Fsck<'a> {
         if blobs::RunningHash::restore(saved).is_none() {
             return self.problem(format!("{label}: its saved hash state is not one"));
         }
-        let mut running = blobs::RunningHash::new();
+        let mut running = blobs::RunningHash::new(&self.snap.proof_salt);
         let len = (p.hashed_chunks as u64 * p.chunk_size as u64).min(p.size as u64);
         if let Err(e) = blobs::scan(file, 0, len, Some(&mut running)) {
             return self.problem(format!("{label}: cannot hash its first {} chunks: {e}", p.hashed_chunks));

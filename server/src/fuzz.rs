@@ -19,9 +19,10 @@ use netdisk_protocol::{AnyRequest, AnyResponse, Kind, MIN_CHUNK_SIZE};
 
 use crate::blobs::Durability;
 use crate::conn::{Conn, ConnError, Timeouts};
-use crate::handler::{Random, Session};
+use crate::handler::Session;
 use crate::listener::{read_request, serve_connection};
 use crate::meta::Meta;
+use crate::store::Random;
 
 /// The user whose connection is fuzzed, and their password.
 pub const USER: &str = "ann";
@@ -37,7 +38,7 @@ pub mod content {
     /// ann's files: `/docs/hello.txt`, `/docs/big.bin` (3 chunks), `/docs/link` -> `hello.txt`, and an
     /// unfinished upload of [`partial`] to `/partial.bin` with its first chunk stored.
     pub const HELLO: &[u8] = b"hello, world\n";
-    /// bob's `/shared.bin`: large enough for a challenge of three random ranges.
+    /// bob's `/shared.bin`: content ann can get by proof (several chunks).
     pub fn shared() -> Vec<u8> {
         bytes(200_000, 1)
     }
@@ -170,7 +171,9 @@ fn check_answers(input: &[u8], answers: &[u8], complete: bool) {
 /// One connection served the way a forked child serves it, with replayable challenges.
 fn serve(data_dir: &Path, stream: TcpStream) -> ConnError {
     let meta = Meta::open(&data_dir.join("meta.db")).expect("the prepared database opens");
-    let session = Session::new(meta, data_dir.to_path_buf(), CHUNK_SIZE, Durability::Normal, 0).expect("a session");
+    let settings =
+        crate::store::Settings::new(data_dir.to_path_buf(), CHUNK_SIZE, Durability::Normal, 0, TIMEOUTS.stall);
+    let session = Session::new(meta, &settings).expect("a session");
     let mut session = session.with_random(Random::Counter(1));
     let mut conn = Conn::new(stream, TIMEOUTS).expect("a connection");
     match read_request(&mut conn) {
@@ -243,13 +246,17 @@ fn template() -> &'static [(PathBuf, Vec<u8>)] {
 }
 
 fn build(dir: &Path) {
-    use netdisk_protocol::{ProveOwnership, UploadFile, UploadFileRes};
+    use netdisk_protocol::{ProveOwnership, UploadFileRes};
 
     std::fs::create_dir_all(dir.join("blobs")).expect("the blobs directory");
     let mut meta = Meta::open(&dir.join("meta.db")).expect("a new database");
     meta.add_user(USER, &cheap_hash(PASSWORD)).expect("ann");
     meta.add_user(OTHER, &cheap_hash(OTHER_PASSWORD)).expect("bob");
     drop(meta);
+    // A fixed proof salt (a store makes a random one): recorded proofs replay as right ones.
+    let db = rusqlite::Connection::open(dir.join("meta.db")).expect("the database");
+    db.execute("UPDATE settings SET value = ? WHERE name = 'proof_salt'", [[7u8; 32].to_vec()]).expect("the salt");
+    drop(db);
     drive(dir, |stream| {
         let mut bob = Client::new(stream);
         bob.login(OTHER, OTHER_PASSWORD).expect("bob logs in");
@@ -266,16 +273,9 @@ fn build(dir: &Path) {
         ann.call(&link).expect("symlink");
         // An upload left unfinished after its first chunk.
         let data = content::partial();
-        let req = UploadFile {
-            path: "/partial.bin".into(),
-            size: data.len() as u64,
-            md5: netdisk_protocol::md5_hex(&data),
-            mode: 0o644,
-            mtime: None,
-            owner: <_>::default(),
-        };
+        let req = ann.upload_request("/partial.bin", &data, 0o644);
         let Ok(UploadFileRes::Challenge { challenge_id, .. }) = ann.call(&req) else { panic!("a challenge") };
-        let proof = ProveOwnership { challenge_id, proofs: Vec::new() };
+        let proof = ProveOwnership { challenge_id, proof: String::new() };
         let Ok(UploadFileRes::Upload { upload_id, chunk_size, .. }) = ann.call(&proof) else { panic!("an upload") };
         let first = &data[..chunk_size as usize];
         let chunk = netdisk_protocol::UploadChunk { upload_id, index: 0, crc32c: netdisk_protocol::chunk_crc(first) };

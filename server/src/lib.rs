@@ -12,4 +12,5 @@ pub mod listener;
 pub mod meta;
 pub mod recovery;
 pub mod splice;
+pub mod store;
 pub mod users;

@@ -246,7 +246,14 @@ fn open_session(config: &Config) -> Option<Session> {
             return None;
         }
     };
-    match Session::new(meta, config.data_dir.clone(), config.chunk_size, config.durability, config.reserve) {
+    let settings = crate::store::Settings::new(
+        config.data_dir.clone(),
+        config.chunk_size,
+        config.durability,
+        config.reserve,
+        config.timeouts.stall,
+    );
+    match Session::new(meta, &settings) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the session");

@@ -9,6 +9,7 @@ use netdisk_protocol::path::components;
 use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use crate::blobs::Hashes;
 use crate::error::{fail, Result};
 
 /// Statements through the connection's cache of prepared statements. A connection answers the same few dozen
@@ -43,7 +44,7 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -124,6 +125,30 @@ ALTER TABLE pfiles ADD COLUMN hash_owner INTEGER;
 ALTER TABLE users ADD COLUMN quota INTEGER;
 ";
 
+/// Version 3: content identity and ownership proofs. `pfiles.sha256` of an unfinished physical file is the identity
+/// its uploader declared (checked against the bytes before sealing); `proof_tag` is the salted SHA-256 of a complete
+/// one's bytes (`netdisk_protocol::content`), from which challenges are checked without reading the blob (NULL
+/// for content sealed by an older server: no cross-user instant upload of it until an upload of the same bytes
+/// folds into it). `proof_blocks`: a (user, content) that was challenged gets no other challenge until `until`,
+/// so a wrong or missing answer cannot be retried. `settings` holds the store's proof salt.
+const SCHEMA_V3: &str = "
+ALTER TABLE pfiles ADD COLUMN proof_tag TEXT;
+CREATE INDEX pfiles_identity ON pfiles(sha256, size, complete);
+CREATE TABLE proof_blocks (
+    user_id INTEGER NOT NULL,
+    sha256  TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    until   INTEGER NOT NULL,
+    PRIMARY KEY (user_id, sha256, size)
+) WITHOUT ROWID;
+CREATE INDEX proof_blocks_until ON proof_blocks(until);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+INSERT INTO settings (name, value) VALUES ('proof_salt', randomblob(32));
+";
+
 pub fn now() -> Timespec {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
@@ -199,6 +224,8 @@ pub struct StoreStats {
 pub struct PFile {
     pub id: i64,
     pub md5: String,
+    /// The identity: verified for a complete one; for an unfinished one, what its uploader declared.
+    pub sha256: Option<String>,
     pub size: u64,
     pub chunk_size: u32,
     pub total_chunks: u32,
@@ -248,6 +275,22 @@ pub struct NewFile {
     pub mode: u32,
     pub owner: Owner,
     pub mtime: Option<Timespec>,
+}
+
+/// What a client names content by: the md5 (the lookup key), the SHA-256 (the identity; `None` only where the
+/// store allows naming own content by md5 alone) and the size.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub md5: &'a str,
+    pub sha256: Option<&'a str>,
+    pub size: u64,
+}
+
+/// A complete physical file another user may get by proof, with the tag the proof is checked against.
+pub struct Provable {
+    pub pfile_id: i64,
+    pub md5: String,
+    pub proof_tag: String,
 }
 
 /// Physical files that lost their last reference in a committed transaction: their blobs are to be removed.
@@ -339,6 +382,9 @@ impl Meta {
         }
         if version < 2 {
             tx.execute_batch(SCHEMA_V2)?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -810,47 +856,99 @@ impl Meta {
             .optional()?)
     }
 
-    /// A complete physical file with this md5 and size that this user's tree already refers to.
-    pub fn own_complete(&self, user: &User, md5: &str, size: u64) -> Result<Option<i64>> {
+    /// A complete physical file of this identity that this user's tree already refers to. Named by md5 alone
+    /// (no SHA-256), it is found only when the user holds exactly one content with that md5 and size: between two
+    /// that collide, md5 cannot choose.
+    pub fn own_complete(&self, user: &User, id: Identity<'_>) -> Result<Option<i64>> {
+        let found: Option<(i64, i64)> = match id.sha256 {
+            Some(sha256) => self
+                .conn
+                .one(
+                    "SELECT p.id, 1 FROM nodes n JOIN pfiles p ON p.id = n.pfile_id
+                     WHERE n.user_id = ? AND p.sha256 = ? AND p.md5 = ? AND p.size = ? AND p.complete = 1 LIMIT 1",
+                    params![user.id, sha256, id.md5, id.size as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+            None => self.conn.one(
+                "SELECT min(p.id), count(DISTINCT p.id) FROM nodes n JOIN pfiles p ON p.id = n.pfile_id
+                     WHERE n.user_id = ? AND p.md5 = ? AND p.size = ? AND p.complete = 1",
+                params![user.id, id.md5, id.size as i64],
+                |r| Ok(r.get::<_, Option<i64>>(0)?.map(|p| (p, r.get::<_, i64>(1).unwrap_or(0)))),
+            )?,
+        };
+        Ok(found.filter(|(_, distinct)| *distinct == 1).map(|(p, _)| p))
+    }
+
+    /// A complete physical file of this identity, whoever holds it, if it can be proven (it has a proof tag).
+    pub fn provable(&self, sha256: &str, size: u64) -> Result<Option<Provable>> {
         Ok(self
             .conn
             .one(
-                "SELECT p.id FROM nodes n JOIN pfiles p ON p.id = n.pfile_id
-                 WHERE n.user_id = ? AND p.md5 = ? AND p.size = ? AND p.complete = 1 LIMIT 1",
-                params![user.id, md5, size as i64],
-                |r| r.get(0),
+                "SELECT id, md5, proof_tag FROM pfiles WHERE sha256 = ? AND size = ? AND complete = 1 AND proof_tag IS NOT NULL LIMIT 1",
+                params![sha256, size as i64],
+                |r| Ok(Provable { pfile_id: r.get(0)?, md5: r.get(1)?, proof_tag: r.get(2)? }),
             )
             .optional()?)
     }
 
-    /// A complete physical file with this md5 and size, whoever holds it.
-    pub fn any_complete(&self, md5: &str, size: u64) -> Result<Option<i64>> {
+    /// This user's unfinished physical file of this identity (to resume).
+    pub fn own_incomplete(&self, user: &User, id: Identity<'_>) -> Result<Option<PFile>> {
         Ok(self
             .conn
             .one(
-                "SELECT id FROM pfiles WHERE md5 = ? AND size = ? AND complete = 1 LIMIT 1",
-                params![md5, size as i64],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// This user's unfinished physical file for this md5 and size (to resume).
-    pub fn own_incomplete(&self, user: &User, md5: &str, size: u64) -> Result<Option<PFile>> {
-        Ok(self
-            .conn
-            .one(
-                &format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE uploader = ? AND md5 = ? AND size = ? AND complete = 0 LIMIT 1"),
-                params![user.id, md5, size as i64],
+                &format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE uploader = ? AND md5 = ? AND sha256 IS ? AND size = ? AND complete = 0 LIMIT 1"),
+                params![user.id, id.md5, id.sha256, id.size as i64],
                 pfile_from_row,
             )
             .optional()?)
     }
 
-    /// Creates an incomplete physical file owned by this user's upload.
-    pub fn new_pfile(&mut self, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
+    /// The store's proof salt (made with the schema; see `SCHEMA_V3`).
+    pub fn proof_salt(&self) -> Result<Vec<u8>> {
+        Ok(self.conn.one("SELECT value FROM settings WHERE name = 'proof_salt'", [], |r| r.get(0))?)
+    }
+
+    /// Whether `user` may be challenged for this content now: true (and recorded, so that no other challenge
+    /// comes until `until`) unless a challenge was given within the block time. Each user gets one try per
+    /// content in that time; only a right answer lifts the block ([`Meta::proof_passed`]).
+    pub fn take_proof_attempt(&mut self, user: &User, sha256: &str, size: u64, until: i64) -> Result<bool> {
         let tx = self.write()?;
-        let pfile = insert_pfile(&tx, user, md5, size, chunk_size)?;
+        let t = now().sec;
+        // Expired blocks go a few at a time, so no request does unbounded work for them.
+        tx.run(
+            "DELETE FROM proof_blocks WHERE (user_id, sha256, size) IN
+             (SELECT user_id, sha256, size FROM proof_blocks WHERE until <= ? LIMIT 16)",
+            [t],
+        )?;
+        let blocked: bool = tx.one(
+            "SELECT EXISTS (SELECT 1 FROM proof_blocks WHERE user_id = ? AND sha256 = ? AND size = ? AND until > ?)",
+            params![user.id, sha256, size as i64, t],
+            |r| r.get(0),
+        )?;
+        if !blocked {
+            tx.run(
+                "INSERT OR REPLACE INTO proof_blocks (user_id, sha256, size, until) VALUES (?, ?, ?, ?)",
+                params![user.id, sha256, size as i64, until],
+            )?;
+        }
+        tx.commit()?;
+        Ok(!blocked)
+    }
+
+    /// A right answer: the user may be challenged for this content again.
+    pub fn proof_passed(&mut self, user: &User, sha256: &str, size: u64) -> Result<()> {
+        self.conn.run(
+            "DELETE FROM proof_blocks WHERE user_id = ? AND sha256 = ? AND size = ?",
+            params![user.id, sha256, size as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Creates an incomplete physical file owned by this user's upload.
+    pub fn new_pfile(&mut self, user: &User, id: Identity<'_>, chunk_size: u32) -> Result<PFile> {
+        let tx = self.write()?;
+        let pfile = insert_pfile(&tx, user, id, chunk_size)?;
         tx.commit()?;
         Ok(pfile)
     }
@@ -860,13 +958,12 @@ impl Meta {
         &mut self,
         user: &User,
         path: &str,
-        md5: &str,
-        size: u64,
+        id: Identity<'_>,
         chunk_size: u32,
         new: NewFile,
     ) -> Result<(PFile, i64, Released)> {
         let tx = self.write()?;
-        let pfile = insert_pfile(&tx, user, md5, size, chunk_size)?;
+        let pfile = insert_pfile(&tx, user, id, chunk_size)?;
         let (upload_id, released) = record_upload(&tx, user, path, pfile.id, new)?;
         tx.commit()?;
         Ok((pfile, upload_id, released))
@@ -1007,13 +1104,16 @@ impl Meta {
         Ok(orphans)
     }
 
-    /// Discards an unfinished physical file whose bytes failed verification, with every upload bound to it.
-    pub fn discard_pfile(&mut self, pfile_id: i64) -> Result<()> {
+    /// Discards an unfinished physical file whose bytes failed verification (or a half-made one), with every
+    /// upload bound to it. A complete one is never touched: its id is released only if the row went.
+    pub fn discard_pfile(&mut self, pfile_id: i64) -> Result<Released> {
         let tx = self.write()?;
-        tx.run("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
-        tx.run("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])?;
+        let gone = tx.run("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])? == 1;
+        if gone {
+            tx.run("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(if gone { vec![pfile_id] } else { Vec::new() })
     }
 
     /// Sealing (`seal_in`) and [`Meta::set_content`] in one transaction: content built on the server (a resized
@@ -1024,12 +1124,11 @@ impl Meta {
         user: &User,
         path: &str,
         pfile_id: i64,
-        md5: &str,
-        sha256: &str,
+        hashes: &Hashes,
         new: NewFile,
     ) -> Result<Option<(Attr, Released)>> {
         let tx = self.write()?;
-        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, hashes)? else {
             return Ok(None);
         };
         let size: i64 = tx.one("SELECT size FROM pfiles WHERE id = ?", [sealed], |r| r.get(0))?;
@@ -1048,12 +1147,12 @@ impl Meta {
         user: &User,
         path: &str,
         pfile_id: i64,
-        hashes: (&str, &str),
+        hashes: &Hashes,
         size: u64,
         new: NewFile,
     ) -> Result<Option<(Attr, Released)>> {
         let tx = self.write()?;
-        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, hashes.0, hashes.1)? else {
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, hashes)? else {
             return Ok(None);
         };
         let (attr, replaced) = place_content(&tx, user, path, Content { pfile_id: Some(sealed), size }, new)?;
@@ -1068,11 +1167,10 @@ impl Meta {
         user: &User,
         upload: &Upload,
         pfile_id: i64,
-        md5: &str,
-        sha256: &str,
+        hashes: &Hashes,
     ) -> Result<Option<(Result<Attr>, Released)>> {
         let tx = self.write()?;
-        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, md5, sha256)? else {
+        let Some((sealed, mut released)) = seal_in(&tx, pfile_id, hashes)? else {
             return Ok(None);
         };
         match place_upload(&tx, user, upload, sealed)? {
@@ -1139,7 +1237,8 @@ impl Meta {
 
 /// Marks a verified physical file complete, or folds it into an identical complete one (same md5, sha256 and
 /// size): then uploads bound to it move to the twin and it is released. `None` when the row is gone.
-fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<Option<(i64, Released)>> {
+fn seal_in(conn: &Connection, pfile_id: i64, hashes: &Hashes) -> Result<Option<(i64, Released)>> {
+    let (md5, sha256) = (hashes.md5.as_str(), hashes.sha256.as_str());
     let size: Option<i64> = conn.one("SELECT size FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
     let Some(size) = size else {
         return Ok(None);
@@ -1154,13 +1253,18 @@ fn seal_in(conn: &Connection, pfile_id: i64, md5: &str, sha256: &str) -> Result<
     Ok(Some(match twin {
         Some(twin) => {
             conn.run("UPDATE uploads SET pfile_id = ? WHERE pfile_id = ?", params![twin, pfile_id])?;
+            // Content sealed by an older server has no proof tag yet: these bytes give it one.
+            conn.run(
+                "UPDATE pfiles SET proof_tag = ? WHERE id = ? AND proof_tag IS NULL",
+                params![hashes.proof_tag, twin],
+            )?;
             conn.run("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
             (twin, vec![pfile_id])
         }
         None => {
             conn.run(
-                "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, uploader = NULL WHERE id = ?",
-                params![md5, sha256, pfile_id],
+                "UPDATE pfiles SET complete = 1, md5 = ?, sha256 = ?, proof_tag = ?, uploader = NULL WHERE id = ?",
+                params![md5, sha256, hashes.proof_tag, pfile_id],
             )?;
             (pfile_id, Vec::new())
         }
@@ -1182,13 +1286,14 @@ fn place_upload(conn: &Connection, user: &User, upload: &Upload, pfile_id: i64) 
     Ok(Ok((attr, released)))
 }
 
-fn insert_pfile(conn: &Connection, user: &User, md5: &str, size: u64, chunk_size: u32) -> Result<PFile> {
+fn insert_pfile(conn: &Connection, user: &User, identity: Identity<'_>, chunk_size: u32) -> Result<PFile> {
+    let Identity { md5, sha256, size } = identity;
     let total = size.div_ceil(chunk_size as u64);
     let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
     let map = vec![0u8; (total as usize).div_ceil(8)];
     conn.run(
-        "INSERT INTO pfiles (md5, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        params![md5, size as i64, chunk_size, total, map, user.id, now().sec],
+        "INSERT INTO pfiles (md5, sha256, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        params![md5, sha256, size as i64, chunk_size, total, map, user.id, now().sec],
     )?;
     let id = conn.last_insert_rowid();
     Ok(conn.one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?)
@@ -1220,7 +1325,7 @@ const ATTR_COLUMNS: &str = "n.id, n.kind, n.mode, n.uid, n.gid, n.nlink, n.size,
 
 const PFILE_COLUMNS: &str =
     "id, md5, size, chunk_size, total_chunks, chunks_uploaded, chunk_map, complete, hashed_chunks, hash_state, \
-     hash_owner";
+     hash_owner, sha256";
 
 fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
     Ok(PFile {
@@ -1235,6 +1340,7 @@ fn pfile_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PFile> {
         hashed_chunks: r.get(8)?,
         hash_state: r.get(9)?,
         hash_owner: r.get(10)?,
+        sha256: r.get(11)?,
     })
 }
 

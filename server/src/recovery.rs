@@ -93,7 +93,7 @@ pub fn reclaim(data: &Path, durability: Durability) -> anyhow::Result<Reclaimed>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::NewFile;
+    use crate::meta::{Identity, NewFile};
 
     #[test]
     fn reclaims_orphans_and_leftover_blobs_and_nothing_else() {
@@ -106,8 +106,10 @@ mod tests {
         let blobs = Blobs::new(data, Durability::Normal);
         let new = NewFile { mode: 0o644, owner: Default::default(), mtime: None };
         // An upload in progress (resumable), an orphan (a small file's request that died), a blob whose row is gone.
-        let (resumable, _, _) = meta.new_upload(&user, "/big", &"1".repeat(32), 10_000, 4096, new).unwrap();
-        let orphan = meta.new_pfile(&user, &"2".repeat(32), 100, 4096).unwrap();
+        let (md5, sha256) = ("1".repeat(32), "1".repeat(64));
+        let big = Identity { md5: &md5, sha256: Some(&sha256), size: 10_000 };
+        let (resumable, _, _) = meta.new_upload(&user, "/big", big, 4096, new).unwrap();
+        let orphan = meta.new_pfile(&user, Identity { md5: &"2".repeat(32), sha256: None, size: 100 }, 4096).unwrap();
         for p in [&resumable, &orphan] {
             blobs.open_for_upload(p.id, p.size).unwrap();
         }

@@ -40,6 +40,7 @@ fn upload_request(path: &str, data: &[u8]) -> UploadFile {
         path: path.into(),
         size: data.len() as u64,
         md5: md5_hex(data),
+        sha256: Some(netdisk_protocol::content::content_hashes(b"", data).sha256),
         mode: 0o644,
         mtime: Some(Timespec { sec: 1_600_000_000, nsec: 1 }),
         owner: Owner { uid: 1000, gid: 1000 },
@@ -52,7 +53,7 @@ fn start_upload(c: &mut C, path: &str, declared: &[u8]) -> u64 {
         panic!("new content is challenged");
     };
     let UploadFileRes::Upload { upload_id, .. } =
-        c.call(&ProveOwnership { challenge_id, proofs: vec![] }).expect("prove")
+        c.call(&ProveOwnership { challenge_id, proof: String::new() }).expect("prove")
     else {
         panic!("an upload");
     };

@@ -709,10 +709,16 @@ pub fn upload_request(path: &str, data: &[u8]) -> UploadFile {
         path: path.into(),
         size: data.len() as u64,
         md5: md5_hex(data),
+        sha256: Some(sha256_hex(data)),
         mode: 0o644,
         mtime: None,
         owner: Default::default(),
     }
+}
+
+/// Lowercase hex SHA-256 of `data`: the identity of content.
+pub fn sha256_hex(data: &[u8]) -> String {
+    netdisk_protocol::content::content_hashes(b"", data).sha256
 }
 
 /// The layout of an upload the server asked for.
@@ -732,15 +738,15 @@ impl UploadSlot {
     }
 }
 
-/// Starts an upload the low-level way: `UploadFile`, and when challenged, `ProveOwnership` with wrong proofs
+/// Starts an upload the low-level way: `UploadFile`, and when challenged, `ProveOwnership` with a wrong proof
 /// (so that it never turns instant). Panics unless the server ends up asking for chunks.
 pub fn begin_upload(client: &mut Client<TcpStream>, path: &str, data: &[u8]) -> UploadSlot {
     let req = upload_request(path, data);
     let mut answer = client.call(&req).unwrap_or_else(|e| panic!("UploadFile {path}: {e}"));
-    if let UploadFileRes::Challenge { challenge_id, ranges, .. } = &answer {
-        let proofs = vec!["0".repeat(32); ranges.len()];
+    if let UploadFileRes::Challenge { challenge_id, .. } = &answer {
+        let proof = "0".repeat(64);
         answer = client
-            .call(&ProveOwnership { challenge_id: *challenge_id, proofs })
+            .call(&ProveOwnership { challenge_id: *challenge_id, proof })
             .unwrap_or_else(|e| panic!("ProveOwnership {path}: {e}"));
     }
     match answer {

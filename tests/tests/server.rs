@@ -19,6 +19,8 @@ mod frames;
 mod fsck;
 #[path = "server/hostile.rs"]
 mod hostile;
+#[path = "server/late.rs"]
+mod late;
 #[path = "server/listing.rs"]
 mod listing;
 #[path = "server/process.rs"]

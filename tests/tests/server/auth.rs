@@ -105,10 +105,7 @@ fn every_request_before_login_gets_not_logged_in() {
             ),
         ),
         ("UploadFile", code_of(c.call(&upload_request("/u", b"x")), "UploadFile")),
-        (
-            "ProveOwnership",
-            code_of(c.call(&ProveOwnership { challenge_id: 1, proofs: vec![md5.clone()] }), "ProveOwnership"),
-        ),
+        ("ProveOwnership", code_of(c.call(&ProveOwnership { challenge_id: 1, proof: md5.clone() }), "ProveOwnership")),
         ("QueryChunk", code_of(c.call(&QueryChunk { upload_id: 1, indexes: vec![0] }), "QueryChunk")),
         // A chunk with its payload: refused, and the payload must not break the framing.
         (

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use netdisk_e2e::netdisk_protocol::client::{range_of, Client, ClientError};
+use netdisk_e2e::netdisk_protocol::client::{Client, ClientError};
 use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::{
     chunk_crc, md5_hex, ownership_proof, DeleteFile, Download, ErrorCode, FrameHead, GetDir, Kind, Link, Mkdir, Mknod,
@@ -332,7 +332,7 @@ fn users_cannot_reach_each_others_trees() {
     let slot = begin_upload(&mut a, "/partial", &partial);
     send_chunk(&mut a, &slot, &partial, 0).expect("chunk 0");
     let other = random_bytes(53, 1000);
-    let UploadFileRes::Challenge { challenge_id, ranges, nonce } =
+    let UploadFileRes::Challenge { challenge_id, nonce } =
         a.call(&upload_request("/other", &other)).expect("UploadFile")
     else {
         panic!("new content is challenged")
@@ -369,17 +369,9 @@ fn users_cannot_reach_each_others_trees() {
         ErrorCode::UnknownUpload,
         "bob sends a chunk to alice's upload",
     );
-    let proofs = ranges
-        .iter()
-        .map(|r| {
-            netdisk_e2e::netdisk_protocol::ownership_proof(
-                &nonce,
-                netdisk_e2e::netdisk_protocol::client::range_of(&other, r),
-            )
-        })
-        .collect();
+    let proof = ownership_proof(&a.hashes(&other).proof_tag, &nonce);
     expect_code(
-        b.call(&ProveOwnership { challenge_id, proofs }),
+        b.call(&ProveOwnership { challenge_id, proof }),
         ErrorCode::UnknownUpload,
         "bob answers alice's challenge",
     );
@@ -517,76 +509,90 @@ fn another_users_names_get_exactly_the_answers_of_missing_ones() {
     assert_eq!(b.read_file("/bobs").expect("download"), b"bob's own file");
 }
 
-/// Answers a challenge with `proofs`, or with the right proofs of `data` when `proofs` is `None`.
-fn prove(c: &mut Conn, res: UploadFileRes, data: &[u8], proofs: Option<Vec<String>>) -> UploadFileRes {
-    let UploadFileRes::Challenge { challenge_id, nonce, ranges } = res else {
+/// Answers a challenge with `proof`, or with the right proof of `data` when `proof` is `None`.
+fn prove(c: &mut Conn, res: UploadFileRes, data: &[u8], proof: Option<String>) -> UploadFileRes {
+    let UploadFileRes::Challenge { challenge_id, nonce } = res else {
         panic!("content this user does not hold must be challenged, got {res:?}")
     };
-    let proofs = proofs.unwrap_or_else(|| ranges.iter().map(|r| ownership_proof(&nonce, range_of(data, r))).collect());
-    c.call(&ProveOwnership { challenge_id, proofs }).expect("ProveOwnership")
+    let proof = proof.unwrap_or_else(|| ownership_proof(&c.hashes(data).proof_tag, &nonce));
+    c.call(&ProveOwnership { challenge_id, proof }).expect("ProveOwnership")
 }
 
 #[test]
 fn knowing_an_md5_is_not_enough_to_obtain_a_file() {
     let server = server_with_alice_and_bob(ServerOpts::default().chunk_size(65536));
-    let big = random_bytes(56, 300_000); // several chunks and three challenge ranges
-    let small = b"a small secret of alice's".to_vec(); // one range: the whole file
+    let big = random_bytes(56, 300_000); // several chunks
+    let small = b"a small secret of alice's".to_vec();
     let mut a = alice(&server);
     a.upload("/big", &big, 0o600).expect("upload");
     a.upload("/small", &small, 0o600).expect("upload");
-    // And an unfinished upload of alice's with a chunk stored: its id must mean nothing to bob.
+    // And an unfinished upload of alice's with a chunk stored: its id must mean nothing to others.
     let pending = random_bytes(57, 3 * 65536);
     let slot = begin_upload(&mut a, "/pending", &pending);
     send_chunk(&mut a, &slot, &pending, 0).expect("chunk 0");
 
-    let mut b = bob(&server);
+    // Each (user, content) gets one challenge a day: every wrong answer is tried by a user of its own.
+    let users = std::cell::Cell::new(0);
+    let new_user = || {
+        users.set(users.get() + 1);
+        let name = format!("eve{}", users.get());
+        server.add_user(&name, "eve-password");
+        server.login(&name, "eve-password")
+    };
     for (name, data) in [("big", &big), ("small", &small)] {
         let target = format!("/got-{name}");
         let req = upload_request(&target, data);
-        let md5 = md5_hex(data);
-        let whole = vec![md5.clone()];
-        let attempts: Vec<(&str, Option<Vec<String>>)> = vec![
-            ("no proofs", Some(Vec::new())),
-            ("zeros", Some(vec!["0".repeat(32); 3])),
-            ("the file's md5", Some(whole.clone())),
-            ("the file's md5, three times", Some(vec![md5.clone(); 3])),
-            ("too many proofs", Some(vec![md5.clone(); 100])),
-            ("not hex", Some(vec!["not an md5 at all".into(); 3])),
+        let hashes = netdisk_e2e::netdisk_protocol::content::content_hashes(b"", data);
+        let attempts: Vec<(&str, String)> = vec![
+            ("an empty proof", String::new()),
+            ("zeros", "0".repeat(64)),
+            ("the file's md5", hashes.md5.clone()),
+            ("the file's SHA-256", hashes.sha256.clone()),
+            ("a tag of another salt", hashes.proof_tag.clone()),
+            ("not hex", "not a proof at all".into()),
         ];
-        for (what, proofs) in attempts {
-            let res = b.call(&req).expect("UploadFile");
-            match prove(&mut b, res, data, proofs) {
+        for (what, proof) in attempts {
+            let mut e = new_user();
+            let res = e.call(&req).expect("UploadFile");
+            match prove(&mut e, res, data, Some(proof)) {
                 UploadFileRes::Upload { upload_id, chunk_count, .. } => {
-                    // A fresh upload of bob's: every chunk is still needed, none of alice's progress or bytes shows.
+                    // A fresh upload of this user's: every chunk is still needed, none of alice's progress shows.
                     let needed =
-                        b.call(&QueryChunk { upload_id, indexes: (0..chunk_count).collect() }).expect("query").needed;
+                        e.call(&QueryChunk { upload_id, indexes: (0..chunk_count).collect() }).expect("query").needed;
                     assert_eq!(needed, (0..chunk_count).collect::<Vec<_>>(), "{name}, {what}: chunks needed");
                 }
                 other => panic!("{name}, {what}: a wrong proof must give a normal upload, got {other:?}"),
             }
-            expect_code(b.stat(&target), ErrorCode::NotFound, &format!("{name}, {what}: stat"));
-            expect_code(b.download(&target, 0, 1 << 20), ErrorCode::NotFound, &format!("{name}, {what}: download"));
+            expect_code(e.stat(&target), ErrorCode::NotFound, &format!("{name}, {what}: stat"));
+            // Asked again: no second challenge.
+            let again = e.call(&req).expect("UploadFile");
+            assert!(matches!(again, UploadFileRes::Upload { .. }), "{name}, {what}: asked again: {again:?}");
         }
         // No proof at all: the challenge ignored, chunks asked about with guessed upload ids.
-        let res = b.call(&req).expect("UploadFile");
-        assert!(matches!(res, UploadFileRes::Challenge { .. }), "{name}: asked again, still a challenge");
+        let mut e = new_user();
+        let res = e.call(&req).expect("UploadFile");
+        assert!(matches!(res, UploadFileRes::Challenge { .. }), "{name}: a challenge");
         for upload_id in (0..64).chain([slot.upload_id]) {
-            match b.call(&QueryChunk { upload_id, indexes: vec![0] }) {
-                Ok(q) => assert_eq!(q.needed, vec![0], "{name}: upload {upload_id} is bob's own, nothing stored"),
+            match e.call(&QueryChunk { upload_id, indexes: vec![0] }) {
+                Ok(q) => assert_eq!(q.needed, vec![0], "{name}: upload {upload_id} is this user's, nothing stored"),
                 Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownUpload), "{name}: upload {upload_id}: {e}"),
             }
         }
-        // A challenge of bob's answered on another of his connections, even rightly: unknown there.
-        let UploadFileRes::Challenge { challenge_id, nonce, ranges } = b.call(&req).expect("UploadFile") else {
+        // A challenge answered on another connection of the same user, even rightly: unknown there.
+        let mut e = new_user();
+        let UploadFileRes::Challenge { challenge_id, nonce } = e.call(&req).expect("UploadFile") else {
             panic!("a challenge")
         };
-        let proofs = ranges.iter().map(|r| ownership_proof(&nonce, range_of(data, r))).collect();
+        let proof = ownership_proof(&e.hashes(data).proof_tag, &nonce);
+        let name_now = format!("eve{}", users.get());
+        let mut other_conn = server.login(&name_now, "eve-password");
         expect_code(
-            bob(&server).call(&ProveOwnership { challenge_id, proofs }),
+            other_conn.call(&ProveOwnership { challenge_id, proof }),
             ErrorCode::UnknownUpload,
             &format!("{name}: a challenge answered on another connection"),
         );
-        // The empty file's md5 with alice's size, and alice's md5 with another size, get nothing either.
+        // Alice's md5 and identity with another size, and size 0, get nothing either.
+        let mut b = bob(&server);
         let mut other_size = req.clone();
         other_size.size += 1;
         let res = b.call(&other_size).expect("UploadFile");
@@ -596,9 +602,10 @@ fn knowing_an_md5_is_not_enough_to_obtain_a_file() {
         expect_code(b.call(&zero), ErrorCode::ChecksumMismatch, &format!("{name}: size 0 with alice's md5"));
         expect_code(b.stat(&target), ErrorCode::NotFound, &format!("{name}: after everything"));
     }
-    assert_eq!(b.names("/").expect("list"), Vec::<String>::new(), "nothing in bob's tree");
+    assert_eq!(bob(&server).names("/").expect("list"), Vec::<String>::new(), "nothing in bob's tree");
     assert_eq!(a.names("/").expect("list"), vec!["big".to_string(), "small".to_string()]);
     // With the content itself, the proof works: the refusals above were about the proof, not the content.
+    let mut b = bob(&server);
     let res = b.call(&upload_request("/got-big", &big)).expect("UploadFile");
     assert!(matches!(prove(&mut b, res, &big, None), UploadFileRes::Instant { .. }), "a right proof is instant");
     assert_same_bytes(&b.read_file("/got-big").expect("download"), &big, "bob's proven copy");
@@ -614,8 +621,12 @@ fn assert_no_file(server: &netdisk_e2e::Server, liar: &mut Conn, path: &str, x: 
     assert!(!other.names("/").expect("list").iter().any(|n| format!("/{n}") == path), "{what}: listed");
     // Nobody holds `x` complete: even a right proof of it gives a normal upload, not `x`'s file.
     let mut b = bob(server);
-    let res = b.call(&upload_request("/claim", x)).expect("UploadFile");
-    match prove(&mut b, res, x, None) {
+    let res = match b.call(&upload_request("/claim", x)).expect("UploadFile") {
+        challenge @ UploadFileRes::Challenge { .. } => prove(&mut b, challenge, x, None),
+        // Challenged for `x` before: no second challenge, the ordinary upload at once.
+        other => other,
+    };
+    match res {
         UploadFileRes::Upload { .. } => {}
         other => panic!("{what}: content nobody holds complete must be uploaded, got {other:?}"),
     }

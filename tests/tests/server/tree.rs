@@ -27,6 +27,7 @@ fn changes_answer_with_their_directory() {
         path: "/d/f".into(),
         size: data.len() as u64,
         md5: md5_hex(data),
+        sha256: Some(netdisk_e2e::sha256_hex(data)),
         mode: 0o644,
         mtime: None,
         owner,

@@ -12,8 +12,6 @@ use netdisk_e2e::{
     begin_upload, code_of, expect_code, random_bytes, send_chunk, upload_request, wait_until, ServerOpts,
 };
 
-use netdisk_e2e::netdisk_protocol::client::range_of;
-
 use crate::{
     alice, assert_same_bytes, bob, server_with_alice, server_with_alice_and_bob, ALICE, ALICE_PW, CAROL, CAROL_PW,
 };
@@ -325,12 +323,9 @@ fn lying_client_cannot_poison_content() {
         [("proof from the stored bytes", &mut b, &y), ("proof from the claimed content", &mut carol, &x)]
     {
         match client.call(&upload_request("/claimed", &x)).expect("UploadFile") {
-            UploadFileRes::Challenge { challenge_id, ranges, nonce } => {
-                let proofs = ranges
-                    .iter()
-                    .map(|r| netdisk_e2e::netdisk_protocol::ownership_proof(&nonce, range_of(source, r)))
-                    .collect();
-                match client.call(&ProveOwnership { challenge_id, proofs }).expect("ProveOwnership") {
+            UploadFileRes::Challenge { challenge_id, nonce } => {
+                let proof = netdisk_e2e::netdisk_protocol::ownership_proof(&client.hashes(source).proof_tag, &nonce);
+                match client.call(&ProveOwnership { challenge_id, proof }).expect("ProveOwnership") {
                     UploadFileRes::Upload { .. } => {}
                     other => panic!("{label}: content nobody holds complete must be uploaded, got {other:?}"),
                 }
@@ -436,12 +431,9 @@ fn same_content_finished_by_another_connection_during_an_upload() {
         let mut answer = b.call(&upload_request("/b", &data)).expect("B: UploadFile");
         // A has not stored a chunk yet, so B is challenged; nobody holds the content complete, so the proof
         // leads into A's unfinished upload of it.
-        if let UploadFileRes::Challenge { challenge_id, nonce, ranges } = &answer {
-            let proofs = ranges
-                .iter()
-                .map(|r| netdisk_e2e::netdisk_protocol::ownership_proof(nonce, range_of(&data, r)))
-                .collect();
-            answer = b.call(&ProveOwnership { challenge_id: *challenge_id, proofs }).expect("B: ProveOwnership");
+        if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
+            let proof = netdisk_e2e::netdisk_protocol::ownership_proof(&b.hashes(&data).proof_tag, nonce);
+            answer = b.call(&ProveOwnership { challenge_id: *challenge_id, proof }).expect("B: ProveOwnership");
         }
         match answer {
             UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
@@ -519,7 +511,7 @@ fn upload_requests_with_bad_arguments_are_refused() {
     // Unknown upload and challenge ids.
     expect_code(c.call(&QueryChunk { upload_id: 0xDEAD_BEEF, indexes: vec![0] }), ErrorCode::UnknownUpload, "query");
     expect_code(
-        c.call(&ProveOwnership { challenge_id: 0xDEAD_BEEF, proofs: vec![md5_hex(b"x")] }),
+        c.call(&ProveOwnership { challenge_id: 0xDEAD_BEEF, proof: md5_hex(b"x") }),
         ErrorCode::UnknownUpload,
         "unknown challenge",
     );

@@ -1,7 +1,8 @@
-//! The md5 of a file being written, kept up to date as the writes arrive, so that the upload at close needs no
-//! pass over the bytes. A big file is hashed on a thread of its own, off the path of the write: the writing
-//! process waits for each write's answer, and md5 costs as much as the rest of a write together. Small files
-//! are hashed inline (a thread each would cost more than it saves).
+//! The hashes of a file being written (md5, SHA-256 and the server's proof tag: `netdisk_protocol::content`), kept up
+//! to date as the writes arrive, so that the upload at close needs no pass over the bytes. A big file is hashed on a
+//! thread of its own, off the path of the write: the writing process waits for each write's answer, and hashing
+//! costs as much as the rest of a write together. Small files are hashed inline (a thread each would cost more than
+//! it saves).
 //! Architecture Invariant: a digest is only given for bytes that were hashed in file order; anything else
 //! (a write into hashed bytes, a truncation, a read error) gives up, and the caller hashes the file itself.
 
@@ -11,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
+use netdisk_protocol::{ContentHasher, ContentHashes};
 
 /// Bytes hashed inline before the hashing moves to a thread.
 const INLINE_LIMIT: u64 = 1 << 20;
@@ -20,11 +21,14 @@ const QUEUED_WRITES: usize = 8;
 /// Most write ranges held ahead of the hashed end before giving up.
 const MAX_AHEAD: usize = 4096;
 
-pub struct RunningMd5 {
+pub struct RunningHash {
     mode: Mode,
     file: Arc<File>,
+    salt: Arc<[u8]>,
 }
 
+// One per file being written; boxing the inline state would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Mode {
     Inline(Progress),
     Thread(SyncSender<Message>),
@@ -33,25 +37,28 @@ enum Mode {
 enum Message {
     Written(u64, Vec<u8>),
     Truncated(u64),
-    Digest(mpsc::Sender<Option<(String, u64)>>),
+    Digest(mpsc::Sender<Option<(ContentHashes, u64)>>),
 }
 
-/// md5 of bytes `0..covered` while no write has gone back into hashed bytes, and the ranges written beyond
+/// Hashes of bytes `0..covered` while no write has gone back into hashed bytes, and the ranges written beyond
 /// `covered` (start -> end), hashed once the gap before them is filled: the kernel may deliver writes slightly
 /// out of order.
 struct Progress {
-    hasher: Option<(Md5, u64)>,
+    hasher: Option<(ContentHasher, u64)>,
+    /// The proof salt of the server the content goes to (a new hasher starts from it).
+    salt: Arc<[u8]>,
     ahead: BTreeMap<u64, u64>,
     /// The staging file, to read back ranges that were written ahead.
     file: Arc<File>,
 }
 
-impl RunningMd5 {
-    /// A running md5 of the (empty) file `file`.
-    pub fn new(file: File) -> RunningMd5 {
+impl RunningHash {
+    /// A running hash of the (empty) file `file`, its proof tag salted with `salt`.
+    pub fn new(file: File, salt: Arc<[u8]>) -> RunningHash {
         let file = Arc::new(file);
-        let progress = Progress { hasher: Some((Md5::new(), 0)), ahead: BTreeMap::new(), file: file.clone() };
-        RunningMd5 { mode: Mode::Inline(progress), file }
+        let hasher = Some((ContentHasher::new(&salt), 0));
+        let progress = Progress { hasher, salt: salt.clone(), ahead: BTreeMap::new(), file: file.clone() };
+        RunningHash { mode: Mode::Inline(progress), file, salt }
     }
 
     /// `data` was written at `offset` (and is in the file already).
@@ -88,8 +95,8 @@ impl RunningMd5 {
         self.give_up();
     }
 
-    /// The md5 of the file's `size` bytes if they were all hashed as they came; `None` otherwise.
-    pub fn digest(&mut self, size: u64) -> Option<String> {
+    /// The hashes of the file's `size` bytes if they were all hashed as they came; `None` otherwise.
+    pub fn digest(&mut self, size: u64) -> Option<ContentHashes> {
         let found = match &self.mode {
             Mode::Inline(progress) => progress.digest(),
             Mode::Thread(tx) => {
@@ -97,13 +104,13 @@ impl RunningMd5 {
                 tx.send(Message::Digest(reply)).ok().and_then(|()| answer.recv().ok()).flatten()
             }
         };
-        found.filter(|(_, covered)| *covered == size).map(|(md5, _)| md5)
+        found.filter(|(_, covered)| *covered == size).map(|(hashes, _)| hashes)
     }
 
     fn move_to_thread(&mut self) {
         let (tx, rx) = mpsc::sync_channel(QUEUED_WRITES);
         let Mode::Inline(progress) = std::mem::replace(&mut self.mode, Mode::Thread(tx)) else { return };
-        let spawned = std::thread::Builder::new().name("netdisk-md5".into()).spawn(move || progress.serve(rx));
+        let spawned = std::thread::Builder::new().name("netdisk-hash".into()).spawn(move || progress.serve(rx));
         if spawned.is_err() {
             self.give_up();
         }
@@ -115,7 +122,8 @@ impl RunningMd5 {
             return;
         }
         // The thread is gone, and the hash with it.
-        self.mode = Mode::Inline(Progress { hasher: None, ahead: BTreeMap::new(), file: self.file.clone() });
+        let (salt, file) = (self.salt.clone(), self.file.clone());
+        self.mode = Mode::Inline(Progress { hasher: None, salt, ahead: BTreeMap::new(), file });
     }
 }
 
@@ -124,8 +132,8 @@ impl Progress {
         self.hasher.as_ref().map(|(_, covered)| *covered)
     }
 
-    fn digest(&self) -> Option<(String, u64)> {
-        self.hasher.as_ref().map(|(h, covered)| (hex::encode(h.clone().finalize()), *covered))
+    fn digest(&self) -> Option<(ContentHashes, u64)> {
+        self.hasher.as_ref().map(|(h, covered)| (h.clone().finish(), *covered))
     }
 
     fn serve(mut self, rx: Receiver<Message>) {
@@ -179,7 +187,7 @@ impl Progress {
             return;
         }
         self.ahead.clear();
-        self.hasher = if size == 0 { Some((Md5::new(), 0)) } else { None };
+        self.hasher = if size == 0 { Some((ContentHasher::new(&self.salt), 0)) } else { None };
     }
 
     fn stop(&mut self) {
@@ -193,7 +201,7 @@ mod tests {
     use super::*;
 
     /// Writes `data` at `offset` to the file and tells `running`.
-    fn write(file: &File, running: &mut RunningMd5, offset: u64, data: &[u8]) {
+    fn write(file: &File, running: &mut RunningHash, offset: u64, data: &[u8]) {
         file.write_all_at(data, offset).unwrap();
         running.written(offset, data);
     }
@@ -201,7 +209,9 @@ mod tests {
     #[test]
     fn big_files_are_hashed_on_a_thread_in_any_nearly_sequential_order() {
         let file = tempfile::tempfile().unwrap();
-        let mut running = RunningMd5::new(file.try_clone().unwrap());
+        let salt: Arc<[u8]> = Arc::from(&b"salt"[..]);
+        let mut running = RunningHash::new(file.try_clone().unwrap(), salt);
+        let hashes = |data: &[u8]| Some(netdisk_protocol::content::content_hashes(b"salt", data));
         let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
         let pieces: Vec<(u64, &[u8])> =
             data.chunks(128 * 1024).enumerate().map(|(i, p)| (i as u64 * 128 * 1024, p)).collect();
@@ -212,7 +222,7 @@ mod tests {
             }
         }
         assert!(matches!(running.mode, Mode::Thread(_)));
-        assert_eq!(running.digest(data.len() as u64), Some(netdisk_protocol::md5_hex(&data)));
+        assert_eq!(running.digest(data.len() as u64), hashes(&data));
         assert_eq!(running.digest(data.len() as u64 - 1), None, "a digest is for the whole size only");
 
         // A write into hashed bytes gives up; truncating to zero starts afresh.
@@ -221,6 +231,6 @@ mod tests {
         file.set_len(0).unwrap();
         running.truncated(0);
         write(&file, &mut running, 0, b"again");
-        assert_eq!(running.digest(5), Some(netdisk_protocol::md5_hex(b"again")));
+        assert_eq!(running.digest(5), hashes(b"again"));
     }
 }

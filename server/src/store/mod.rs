@@ -1,0 +1,266 @@
+//! The storage engine: one `Store` per connection process, holding the metadata (`Meta`, SQLite) and the bytes
+//! (`Blobs`) and every rule that keeps them consistent: what a path may hold, who may have which content, what
+//! a client's bytes may touch, and when a physical file's blob goes.
+//! Architecture Invariant: no socket appears in any signature here. Bytes come in through a sink the store hands out
+//! (`Incoming`) and go back to it with how their receipt went (`Received`); bytes go out from a file it opens.
+//! Architecture Invariant: a blob is removed only here (`Store::release`), and only for ids that a committed
+//! transaction reported released: the frame handler cannot forget a removal, nor remove content someone holds.
+
+mod proof;
+mod upload;
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use netdisk_protocol::*;
+
+use crate::blobs::{self, Blobs, Durability};
+use crate::error::{fail, Result};
+use crate::meta::{Content, Identity, Meta, NewFile, Released, User};
+use crate::users;
+
+pub use proof::Random;
+pub use upload::{ChunkPlan, ChunkSink, InlineUpload};
+
+/// How the payload bytes of a request reached the file the store handed out.
+#[derive(Debug)]
+pub enum Received {
+    /// Every byte landed.
+    All,
+    /// Writing them failed (the disk); the connection goes on.
+    Failed(std::io::Error),
+    /// The connection ended before they all came.
+    ConnectionLost,
+}
+
+/// What a store is told by the server's command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Bytes per chunk of new uploads.
+    pub chunk_size: u32,
+    pub durability: Durability,
+    /// Bytes of the disk that uploads leave free.
+    pub reserve: u64,
+    /// How long a chunk waits for another connection receiving the same chunk (see `upload::begin_chunk`).
+    pub lock_patience: std::time::Duration,
+}
+
+impl Settings {
+    /// Settings for a server whose connections time out after `stall` without progress: a chunk waits at most
+    /// half of that (and 10 s) for another connection receiving the same chunk.
+    pub fn new(
+        data_dir: PathBuf,
+        chunk_size: u32,
+        durability: Durability,
+        reserve: u64,
+        stall: std::time::Duration,
+    ) -> Settings {
+        let lock_patience = (stall / 2).min(std::time::Duration::from_secs(10));
+        Settings { data_dir, chunk_size, durability, reserve, lock_patience }
+    }
+}
+
+/// The bytes a `Download` answer carries: `len` bytes of `file` from the requested offset.
+pub struct Outgoing {
+    pub res: DownloadRes,
+    pub file: Option<File>,
+    pub len: u64,
+}
+
+pub struct Store {
+    meta: Meta,
+    blobs: Blobs,
+    data_dir: PathBuf,
+    chunk_size: u32,
+    lock_patience: std::time::Duration,
+    /// This store's proof salt: proof tags of its content are salted with it.
+    proof_salt: Vec<u8>,
+    challenges: proof::Challenges,
+}
+
+impl Store {
+    pub fn new(mut meta: Meta, settings: &Settings) -> Result<Store> {
+        meta.set_durability(settings.durability)?;
+        let proof_salt = meta.proof_salt()?;
+        Ok(Store {
+            meta,
+            blobs: Blobs::new(&settings.data_dir, settings.durability).with_reserve(settings.reserve),
+            data_dir: settings.data_dir.clone(),
+            chunk_size: settings.chunk_size,
+            lock_patience: settings.lock_patience,
+            proof_salt,
+            challenges: proof::Challenges::new(Random::Os),
+        })
+    }
+
+    /// The same store drawing its challenges from `random` (the fuzz target's replayable sessions).
+    pub fn with_random(mut self, random: Random) -> Store {
+        self.challenges = proof::Challenges::new(random);
+        self
+    }
+
+    /// Removes the blobs of physical files a committed transaction released.
+    fn release(&self, released: Released) {
+        self.blobs.remove_all(&released);
+    }
+
+    // ---- users ----
+
+    /// The user whose password this is; `None` for a wrong name or password (both take the time of a check).
+    pub fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>> {
+        let found = self.meta.user(name)?;
+        let hash = found.as_ref().map_or(users::dummy_hash(), |(_, h)| h.as_str());
+        let ok = users::verify_password(password, hash);
+        Ok(found.filter(|_| ok).map(|(user, _)| user))
+    }
+
+    /// What a client is told at login.
+    pub fn login_answer(&self, user: &User) -> Result<LoginRes> {
+        Ok(LoginRes {
+            root: self.meta.attr(user.root)?,
+            chunk_size: self.chunk_size,
+            proof_salt: hex::encode(&self.proof_salt),
+        })
+    }
+
+    // ---- reading the tree ----
+
+    pub fn stat(&self, user: &User, path: &str) -> Result<Attr> {
+        self.meta.stat(user, path)
+    }
+
+    pub fn list(&self, user: &User, r: &GetDir) -> Result<GetDirRes> {
+        let (dir, entries, more) = self.meta.list(user, &r.path, r.after.as_deref(), r.limit.clamp(1, MAX_DIR_PAGE))?;
+        Ok(GetDirRes { dir, entries, more })
+    }
+
+    pub fn readlink(&self, user: &User, path: &str) -> Result<String> {
+        self.meta.readlink(user, path)
+    }
+
+    /// Opens what a `Download` sends: at most `len` (and [`MAX_PAYLOAD`]) bytes of the file from `offset`.
+    pub fn open_download(&self, user: &User, r: &Download) -> Result<Outgoing> {
+        let (attr, pfile) = self.meta.file_content(user, &r.path)?;
+        let len = attr.size.saturating_sub(r.offset).min(r.len.min(MAX_PAYLOAD) as u64);
+        let file = match (pfile, len) {
+            (Some(p), 1..) => Some(self.blobs.open_read(p)?),
+            _ => None,
+        };
+        let res = DownloadRes { md5: attr.md5.unwrap_or_default(), size: attr.size, offset: r.offset };
+        Ok(Outgoing { res, file, len })
+    }
+
+    pub fn statfs(&self, user: &User) -> Result<StatFsRes> {
+        let vfs = nix::sys::statvfs::statvfs(&self.data_dir)?;
+        let files = self.meta.node_count(user)?;
+        // The reserve uploads leave free is not available to users (as root's reserved blocks on ext4).
+        let reserved = self.blobs.reserve().div_ceil(vfs.fragment_size().max(1) as u64);
+        Ok(StatFsRes {
+            block_size: vfs.fragment_size() as u32,
+            blocks: vfs.blocks() as u64,
+            blocks_free: vfs.blocks_free() as u64,
+            blocks_available: (vfs.blocks_available() as u64).saturating_sub(reserved),
+            files: files + vfs.files_free() as u64,
+            files_free: vfs.files_free() as u64,
+            name_max: MAX_NAME as u32,
+        })
+    }
+
+    // ---- changing the tree ----
+
+    pub fn mkdir(&mut self, user: &User, r: &Mkdir) -> Result<MkdirRes> {
+        let attr = self.meta.mkdir(user, &r.path, r.mode, r.owner)?;
+        Ok(MkdirRes { attr, dir: self.meta.parent_attr(user, &r.path) })
+    }
+
+    pub fn rmdir(&mut self, user: &User, path: &str) -> Result<RmdirRes> {
+        self.meta.rmdir(user, path)?;
+        Ok(RmdirRes { dir: self.meta.parent_attr(user, path) })
+    }
+
+    pub fn unlink(&mut self, user: &User, path: &str) -> Result<DeleteFileRes> {
+        let released = self.meta.unlink(user, path)?;
+        self.release(released);
+        Ok(DeleteFileRes { dir: self.meta.parent_attr(user, path) })
+    }
+
+    pub fn rename(&mut self, user: &User, r: &Rename) -> Result<RenameRes> {
+        let released = self.meta.rename(user, &r.from, &r.to, r.noreplace)?;
+        self.release(released);
+        Ok(RenameRes {})
+    }
+
+    pub fn symlink(&mut self, user: &User, r: &Symlink) -> Result<Attr> {
+        self.meta.symlink(user, &r.path, &r.target, r.owner)
+    }
+
+    pub fn link(&mut self, user: &User, r: &Link) -> Result<Attr> {
+        self.meta.link(user, &r.existing, &r.new)
+    }
+
+    pub fn mknod(&mut self, user: &User, r: &Mknod) -> Result<Attr> {
+        self.meta.mknod(user, &r.path, r.kind, r.mode, r.rdev, r.owner)
+    }
+
+    pub fn set_attr(&mut self, user: &User, r: &SetAttr) -> Result<Attr> {
+        if let Some(size) = r.size {
+            self.truncate(user, &r.path, size)?;
+        }
+        self.meta.set_attr(user, r)
+    }
+
+    /// Gives a regular file new content: its first `size` bytes, zero-filled past the old end.
+    fn truncate(&mut self, user: &User, path: &str, size: u64) -> Result<()> {
+        let (attr, old) = self.meta.file_content(user, path)?;
+        if size == attr.size {
+            return Ok(());
+        }
+        self.meta.check_quota(user, path, size)?;
+        let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
+        if size == 0 {
+            let (_, released) = self.meta.set_content(user, path, Content { pfile_id: None, size: 0 }, keep)?;
+            self.release(released);
+            return Ok(());
+        }
+        let pfile = self.meta.new_pfile(user, Identity { md5: "", sha256: None, size }, self.chunk_size)?;
+        let placed = (|| -> Result<Released> {
+            let dest = self.blobs.open_for_upload(pfile.id, size)?;
+            let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
+            blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
+            self.blobs.sync_all(&dest)?;
+            let hashes = blobs::hash_file(&dest, size, &self.proof_salt)?;
+            // Sealed and placed in one transaction: never complete without a holder.
+            let (_, released) = self
+                .meta
+                .seal_and_set_content(user, path, pfile.id, &hashes, keep)?
+                .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
+            Ok(released)
+        })();
+        match placed {
+            Ok(released) => {
+                self.release(released);
+                Ok(())
+            }
+            Err(e) => {
+                let released = self.meta.discard_pfile(pfile.id)?;
+                self.release(released);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn check_md5(md5: &str) -> Result<()> {
+    if !is_md5_hex(md5) {
+        return fail(ErrorCode::Invalid, "md5 must be 32 lowercase hex digits");
+    }
+    Ok(())
+}
+
+fn check_sha256(sha256: Option<&str>) -> Result<()> {
+    match sha256 {
+        Some(s) if !is_sha256_hex(s) => fail(ErrorCode::Invalid, "sha256 must be 64 lowercase hex digits"),
+        _ => Ok(()),
+    }
+}
