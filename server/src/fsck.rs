@@ -119,6 +119,8 @@ struct UploadRow {
 /// Every row of the database, read in one read transaction.
 struct Snapshot {
     users: Vec<UserRow>,
+    /// The last user id given (`sqlite_sequence`): new users get higher ones.
+    user_seq: Option<i64>,
     nodes: BTreeMap<i64, NodeRow>,
     entries: Vec<EntryRow>,
     pfiles: BTreeMap<i64, PFileRow>,
@@ -203,6 +205,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
     let users = rows(&tx, "SELECT id, name, root FROM users ORDER BY id", found, |r| {
         Ok(UserRow { id: r.get(0)?, name: r.get(1)?, root: r.get(2)? })
     })?;
+    let user_seq = tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'users'", [], |r| r.get(0)).optional()?;
     let nodes =
         rows(&tx, "SELECT id, user_id, kind, nlink, size, target, pfile_id FROM nodes ORDER BY id", found, |r| {
             Ok((
@@ -255,7 +258,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
         Ok(UploadRow { id: r.get(0)?, user_id: r.get(1)?, path: r.get(2)?, pfile_id: r.get(3)? })
     })?;
     tx.commit()?;
-    Ok(Snapshot { users, nodes, entries, pfiles, uploads })
+    Ok(Snapshot { users, user_seq, nodes, entries, pfiles, uploads })
 }
 
 /// Every row of a query. A row whose values do not have the schema's types is a problem, not the end of the check.
@@ -447,6 +450,18 @@ impl<'a> Fsck<'a> {
 
     fn check_users(&mut self) {
         let snap = self.snap;
+        // A user id is never given twice: the sequence is past every id the data mentions.
+        let used = (snap.users.iter().map(|u| u.id))
+            .chain(snap.nodes.values().map(|n| n.user_id))
+            .chain(snap.uploads.iter().map(|u| u.user_id))
+            .chain(snap.pfiles.values().filter_map(|p| p.uploader))
+            .max();
+        if let Some(max) = used.filter(|&max| max > snap.user_seq.unwrap_or(0)) {
+            self.problem(format!(
+                "users: the id sequence is at {}, below user id {max} in use (a new user would get a used id)",
+                snap.user_seq.map_or("nothing".into(), |s| s.to_string())
+            ));
+        }
         let mut roots_seen: HashMap<i64, &str> = HashMap::new();
         for u in &snap.users {
             if let Some(other) = roots_seen.insert(u.root, &u.name) {

@@ -31,7 +31,8 @@ const MAX_FAILED_LOGINS: u32 = 3;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    Close,
+    /// Closed after the answer, for this reason.
+    Close(&'static str),
 }
 
 struct Challenge {
@@ -170,7 +171,11 @@ impl Session {
         if let AnyRequest::Login(r) = request {
             let result = self.login(r);
             respond::<Login>(conn, id, result)?;
-            let flow = if self.failed_logins >= MAX_FAILED_LOGINS { Flow::Close } else { Flow::Continue };
+            let flow = if self.failed_logins >= MAX_FAILED_LOGINS {
+                Flow::Close("too many failed logins")
+            } else {
+                Flow::Continue
+            };
             return Ok(flow);
         }
         let Some(user) = self.user.clone() else {
@@ -178,6 +183,12 @@ impl Session {
             send_error(conn, id, &Error::Wire(WireError::new(ErrorCode::NotLoggedIn, "log in first")))?;
             return Ok(Flow::Continue);
         };
+        if let Err(e) = self.check_session(&user) {
+            // Refused before anything is done; its payload read so that the answer reaches the client, then closed.
+            conn.discard_payload(head.payload_len as u64)?;
+            send_error(conn, id, &e)?;
+            return Ok(Flow::Close("session ended"));
+        }
         let u = &user;
         tracing::trace!(kind = ?head.kind, "request");
         match request {
@@ -244,6 +255,16 @@ impl Session {
             AnyRequest::StatFs(_) => respond::<StatFs>(conn, id, self.statfs(u))?,
         }
         Ok(Flow::Continue)
+    }
+
+    /// A session lasts while its user exists and keeps the password it logged in with (`user passwd` and
+    /// `user remove` end it at its next request, whether it was idle or in the middle of an upload).
+    fn check_session(&self, user: &User) -> Result<()> {
+        if self.meta.session_valid(user)? {
+            return Ok(());
+        }
+        tracing::warn!(user = %user.name, "session ended: the user was removed or their password changed");
+        fail(ErrorCode::NotLoggedIn, "session ended: the user was removed or their password changed; log in again")
     }
 
     fn login(&mut self, r: Login) -> Result<LoginRes> {

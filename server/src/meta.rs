@@ -43,7 +43,7 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -124,6 +124,34 @@ ALTER TABLE pfiles ADD COLUMN hash_owner INTEGER;
 ALTER TABLE users ADD COLUMN quota INTEGER;
 ";
 
+/// Version 3: sessions end with their user. `users` is rebuilt with AUTOINCREMENT, so that a user id is never
+/// given again (a removed user's open connection must never find a new user's files under its id); its sequence
+/// starts above every user id the data still shows. `session_gen` changes with the password: a connection
+/// logged in under an older generation (or as a user who is gone) is ended at its next request.
+const SCHEMA_V3: &str = "
+ALTER TABLE users RENAME TO users_v2;
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    root          INTEGER NOT NULL,
+    created       INTEGER NOT NULL,
+    quota         INTEGER,
+    session_gen   INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO users (id, name, password_hash, root, created, quota)
+    SELECT id, name, password_hash, root, created, quota FROM users_v2;
+DROP TABLE users_v2;
+INSERT INTO sqlite_sequence (name, seq) SELECT 'users', 0
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users');
+UPDATE sqlite_sequence SET seq = max(seq,
+        coalesce((SELECT max(id) FROM users), 0),
+        coalesce((SELECT max(user_id) FROM nodes), 0),
+        coalesce((SELECT max(user_id) FROM uploads), 0),
+        coalesce((SELECT max(uploader) FROM pfiles), 0))
+    WHERE name = 'users';
+";
+
 pub fn now() -> Timespec {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
@@ -165,6 +193,8 @@ pub struct User {
     pub id: i64,
     pub name: String,
     pub root: i64,
+    /// The user's `session_gen` at login: the session lasts while it is unchanged ([`Meta::session_valid`]).
+    pub session_gen: i64,
 }
 
 /// A user and what they hold (`netdisk-server user list`).
@@ -340,6 +370,9 @@ impl Meta {
         if version < 2 {
             tx.execute_batch(SCHEMA_V2)?;
         }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -373,10 +406,18 @@ impl Meta {
     pub fn user(&self, name: &str) -> Result<Option<(User, String)>> {
         Ok(self
             .conn
-            .one("SELECT id, root, password_hash FROM users WHERE name = ?", [name], |r| {
-                Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)? }, r.get(2)?))
+            .one("SELECT id, root, password_hash, session_gen FROM users WHERE name = ?", [name], |r| {
+                Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)?, session_gen: r.get(3)? }, r.get(2)?))
             })
             .optional()?)
+    }
+
+    /// Whether a logged-in session of `user` may go on: the user still exists and has the password (the session
+    /// generation) it logged in with. One primary-key lookup through a cached statement, run before every request.
+    pub fn session_valid(&self, user: &User) -> Result<bool> {
+        let current: Option<i64> =
+            self.conn.one("SELECT session_gen FROM users WHERE id = ?", [user.id], |r| r.get(0)).optional()?;
+        Ok(current == Some(user.session_gen))
     }
 
     // ---- reading the tree ----
@@ -471,7 +512,9 @@ impl Meta {
 
     pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<()> {
         let tx = self.write()?;
-        if tx.run("UPDATE users SET password_hash = ? WHERE name = ?", params![password_hash, name])? == 0 {
+        // A new generation ends every session logged in with the old password.
+        let sql = "UPDATE users SET password_hash = ?, session_gen = session_gen + 1 WHERE name = ?";
+        if tx.run(sql, params![password_hash, name])? == 0 {
             return fail(ErrorCode::NotFound, format!("no user {name}"));
         }
         tx.commit()?;
@@ -490,7 +533,7 @@ impl Meta {
 
     /// Removes a user with everything they hold, in one transaction: their tree, their unfinished uploads, and
     /// the physical files nobody else refers to (returned: the caller deletes their blobs). Connections of that
-    /// user that are logged in get errors from then on.
+    /// user that are logged in are ended at their next request ([`Meta::session_valid`]); the id is never reused.
     pub fn remove_user(&mut self, name: &str) -> Result<(u64, Released)> {
         let tx = self.write()?;
         let id: i64 = tx
@@ -1511,6 +1554,41 @@ mod tests {
         assert_eq!(meta.stat(&u, "/c").unwrap().nlink, 3);
         let err = meta.rename(&u, "/c", "/c/b/x", false).unwrap_err();
         assert_eq!(err.to_wire().code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn user_ids_are_never_given_again_also_after_the_migration_to_v3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // A version 2 database: users 1 and 5, and leftovers of a user 7 (gone) in the tree.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(SCHEMA_V2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, name, password_hash, root, created) VALUES (1, 'ann', 'h', 1, 0), (5, 'bo', 'h', 2, 0);
+                 INSERT INTO nodes (id, user_id, kind, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns,
+                                    ctime_s, ctime_ns)
+                 VALUES (1, 1, 2, 493, 0, 0, 2, 0, 0, 0, 0, 0, 0), (2, 5, 2, 493, 0, 0, 2, 0, 0, 0, 0, 0, 0),
+                        (3, 7, 1, 420, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut meta = Meta::open(&path).unwrap();
+        let (bo, _) = meta.user("bo").unwrap().unwrap();
+        assert_eq!((bo.id, bo.root, bo.session_gen), (5, 2, 0), "rows are kept");
+        assert_eq!(meta.add_user("cy", "h").unwrap(), 8, "above every id the data shows");
+        meta.remove_user("cy").unwrap();
+        assert_eq!(meta.add_user("cy", "h").unwrap(), 9, "a removed user's id is not given again");
+        // A password change ends the sessions logged in before it; a removal ends all of them.
+        assert!(meta.session_valid(&bo).unwrap());
+        meta.set_password("bo", "h2").unwrap();
+        assert!(!meta.session_valid(&bo).unwrap());
+        let (bo, _) = meta.user("bo").unwrap().unwrap();
+        assert!(meta.session_valid(&bo).unwrap());
+        meta.remove_user("bo").unwrap();
+        assert!(!meta.session_valid(&bo).unwrap());
     }
 
     #[test]

@@ -25,6 +25,8 @@ mod listing;
 mod process;
 #[path = "server/security.rs"]
 mod security;
+#[path = "server/sessions.rs"]
+mod sessions;
 #[path = "server/tree.rs"]
 mod tree;
 #[path = "server/upload.rs"]
