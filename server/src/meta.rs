@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netdisk_protocol::path::components;
-use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError};
+use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError, MAX_DEPTH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::error::{fail, Result};
@@ -620,6 +620,7 @@ impl Meta {
 
     // ---- changing the tree ----
 
+    /// A new directory is as deep as its path has names: never deeper than `MAX_DEPTH` (= `MAX_PATH / 2`).
     pub fn mkdir(&mut self, user: &User, path: &str, mode: u32, owner: Owner) -> Result<Attr> {
         let tx = self.write()?;
         let (parent, name) = resolve_parent(&tx, user, path)?;
@@ -750,6 +751,9 @@ impl Meta {
         let (to_parent, to_name) = resolve_parent(&tx, user, to)?;
         if node.kind == NodeKind::Dir && is_ancestor_or_self(&tx, node.id, to_parent)? {
             return fail(ErrorCode::Invalid, format!("cannot move {from} into itself"));
+        }
+        if node.kind == NodeKind::Dir {
+            check_depth(&tx, node.id, components(from)?.len(), components(to)?.len())?;
         }
         let existing = lookup(&tx, to_parent, to_name)?;
         let t = now();
@@ -1404,6 +1408,35 @@ fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<boo
         }
     }
     Ok(false)
+}
+
+/// Refuses (`NameTooLong`, before anything changes) a rename that would nest a directory deeper than
+/// [`MAX_DEPTH`]: directory `node`, now at depth `from` (its path's number of names; a directory has one path),
+/// moving to depth `to`. A move up or level makes nothing deeper and costs nothing more. A move down looks for a
+/// directory in the subtree lower than the room left, over directories only and never past one level below that
+/// room: bounded by the limit, not by how deep the tree is.
+fn check_depth(conn: &Connection, node: i64, from: usize, to: usize) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let too_deep = match MAX_DEPTH.checked_sub(to) {
+        None => true,
+        Some(room) => conn.one(
+            "WITH RECURSIVE below(id, depth) AS (
+                 SELECT ?1, 0
+                 UNION ALL
+                 SELECT e.node, b.depth + 1 FROM below b JOIN entries e ON e.parent = b.id JOIN nodes n ON n.id = e.node
+                 WHERE n.kind = ?2 AND b.depth <= ?3
+             )
+             SELECT EXISTS (SELECT 1 FROM below WHERE depth > ?3)",
+            params![node, kind_to_int(NodeKind::Dir), room as i64],
+            |r| r.get(0),
+        )?,
+    };
+    if too_deep {
+        return fail(ErrorCode::NameTooLong, format!("the move would nest directories more than {MAX_DEPTH} deep"));
+    }
+    Ok(())
 }
 
 fn touch_dir(conn: &Connection, dir: i64, t: Timespec) -> Result<()> {

@@ -13,6 +13,8 @@ mod admin;
 mod auth;
 #[path = "server/dedup.rs"]
 mod dedup;
+#[path = "server/depth.rs"]
+mod depth;
 #[path = "server/frames.rs"]
 mod frames;
 #[path = "server/fsck.rs"]
