@@ -69,6 +69,11 @@ pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
 pub const MAX_INLINE_UPLOAD: u32 = 64 * 1024;
 /// Longest path, in bytes.
 pub const MAX_PATH: usize = 4096;
+/// Deepest a directory may lie below its user's root (the root is at depth 0, `/a` at 1). A path of depth d takes
+/// at least 2d bytes (`/x` per level), so no path names anything deeper; a rename, which moves a whole subtree, is
+/// refused with `NameTooLong` when it would nest a directory deeper than this (the tree could otherwise grow
+/// deeper than any path reaches, and every walk of it without bound).
+pub const MAX_DEPTH: usize = MAX_PATH / 2;
 /// Longest single name (path component), in bytes.
 pub const MAX_NAME: usize = 255;
 /// Most chunk indexes a `QueryChunk` may ask about at once.

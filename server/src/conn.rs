@@ -22,6 +22,9 @@ pub enum ConnError {
     TimedOut(&'static str),
     #[error("hostile or broken frame: {0}")]
     Hostile(String),
+    /// The server ended it after answering (too many failed logins, a session whose user is gone).
+    #[error("closed by the server: {0}")]
+    Ended(&'static str),
     #[error("socket: {0}")]
     Io(#[from] io::Error),
 }

@@ -3,13 +3,13 @@
 //! Architecture Invariant: fsck never writes. The database is opened read-only and read in one read transaction (a
 //! consistent snapshot, also while a server runs); blobs are only opened for reading.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netdisk_protocol::{is_md5_hex, NodeKind, MAX_CHUNK_SIZE, MAX_NAME, MIN_CHUNK_SIZE};
+use netdisk_protocol::{is_md5_hex, NodeKind, MAX_CHUNK_SIZE, MAX_DEPTH, MAX_NAME, MAX_PATH, MIN_CHUNK_SIZE};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::blobs::{self, Blobs, Durability};
@@ -121,6 +121,8 @@ struct UploadRow {
 /// Every row of the database, read in one read transaction.
 struct Snapshot {
     users: Vec<UserRow>,
+    /// The last user id given (`sqlite_sequence`): new users get higher ones.
+    user_seq: Option<i64>,
     nodes: BTreeMap<i64, NodeRow>,
     entries: Vec<EntryRow>,
     pfiles: BTreeMap<i64, PFileRow>,
@@ -207,6 +209,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
     let users = rows(&tx, "SELECT id, name, root FROM users ORDER BY id", found, |r| {
         Ok(UserRow { id: r.get(0)?, name: r.get(1)?, root: r.get(2)? })
     })?;
+    let user_seq = tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'users'", [], |r| r.get(0)).optional()?;
     let nodes =
         rows(&tx, "SELECT id, user_id, kind, nlink, size, target, pfile_id FROM nodes ORDER BY id", found, |r| {
             Ok((
@@ -266,7 +269,7 @@ fn read_snapshot(conn: &Connection, found: &mut Findings) -> Result<Snapshot> {
         Vec::new()
     });
     tx.commit()?;
-    Ok(Snapshot { users, nodes, entries, pfiles, uploads, proof_salt })
+    Ok(Snapshot { users, user_seq, nodes, entries, pfiles, uploads, proof_salt })
 }
 
 /// Every row of a query. A row whose values do not have the schema's types is a problem, not the end of the check.
@@ -366,12 +369,20 @@ struct Fsck<'a> {
     children: HashMap<i64, Vec<&'a EntryRow>>,
     /// Node -> how many entries name it.
     names: HashMap<i64, i64>,
-    /// Node -> (user whose root reaches it, its first path from there), filled by the walk.
-    reached: HashMap<i64, (i64, String)>,
+    /// Node -> how the walk first reached it, filled by the walk. Paths are built from these only for a message:
+    /// a path per node would take memory growing with the square of the depth.
+    reached: HashMap<i64, Reach<'a>>,
     /// Physical file -> nodes referring to it.
     node_refs: HashMap<i64, i64>,
     /// Physical file -> uploads bound to it.
     upload_refs: HashMap<i64, usize>,
+}
+
+/// How the walk first reached a node: from whose root, through which entry (none for the root itself).
+#[derive(Clone, Copy)]
+struct Reach<'a> {
+    user: i64,
+    entry: Option<&'a EntryRow>,
 }
 
 fn kind_name(kind: i64) -> &'static str {
@@ -439,10 +450,46 @@ impl<'a> Fsck<'a> {
         }
     }
 
+    /// The path by which the walk first reached `id` (`/` for a root), built up the entries it came through.
+    /// A path longer than any client can name is cut to its last names, after `/…`, so a line stays short.
+    fn path_of(&self, id: i64) -> String {
+        let mut names = Vec::new();
+        let mut len = 0;
+        let mut at = id;
+        let mut cut = false;
+        while let Some(Reach { entry: Some(e), .. }) = self.reached.get(&at) {
+            if len + 1 + e.name.len() > MAX_PATH {
+                cut = true;
+                break;
+            }
+            len += 1 + e.name.len();
+            names.push(e.name.as_str());
+            at = e.parent;
+        }
+        let mut path = String::with_capacity(len + 4);
+        if cut {
+            path.push_str("/…");
+        }
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(name);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        path
+    }
+
+    /// The path of the name `e` (below where the walk reached its directory).
+    fn path_via(&self, e: &EntryRow) -> String {
+        let dir = self.path_of(e.parent);
+        format!("{}/{}", dir.strip_suffix('/').unwrap_or(&dir), e.name)
+    }
+
     /// `alice:/dir/f (node 12)` when the walk reached it, else `node 12 (file of alice)`.
     fn node_label(&self, id: i64) -> String {
-        if let Some((user, path)) = self.reached.get(&id) {
-            return format!("{}:{path} (node {id})", self.user_name(*user));
+        if let Some(reach) = self.reached.get(&id) {
+            return format!("{}:{} (node {id})", self.user_name(reach.user), self.path_of(id));
         }
         match self.snap.nodes.get(&id) {
             Some(n) => format!("node {id} ({} of {})", kind_name(n.kind), self.user_name(n.user_id)),
@@ -458,6 +505,18 @@ impl<'a> Fsck<'a> {
 
     fn check_users(&mut self) {
         let snap = self.snap;
+        // A user id is never given twice: the sequence is past every id the data mentions.
+        let used = (snap.users.iter().map(|u| u.id))
+            .chain(snap.nodes.values().map(|n| n.user_id))
+            .chain(snap.uploads.iter().map(|u| u.user_id))
+            .chain(snap.pfiles.values().filter_map(|p| p.uploader))
+            .max();
+        if let Some(max) = used.filter(|&max| max > snap.user_seq.unwrap_or(0)) {
+            self.problem(format!(
+                "users: the id sequence is at {}, below user id {max} in use (a new user would get a used id)",
+                snap.user_seq.map_or("nothing".into(), |s| s.to_string())
+            ));
+        }
         let mut roots_seen: HashMap<i64, &str> = HashMap::new();
         for u in &snap.users {
             if let Some(other) = roots_seen.insert(u.root, &u.name) {
@@ -482,45 +541,62 @@ impl<'a> Fsck<'a> {
         }
     }
 
-    /// Walks every user's tree from its root, then checks each entry and each node.
+    /// Walks every user's tree from its root, then checks each entry and each node. Time and memory are linear in
+    /// the number of nodes, whatever the depth.
     fn check_tree(&mut self) {
         let snap = self.snap;
         for u in &snap.users {
             if !snap.nodes.get(&u.root).is_some_and(is_dir) {
                 continue;
             }
-            if let Some((other, path)) = self.reached.get(&u.root).cloned() {
-                let at = format!("{}:{path}", self.user_name(other));
+            if let Some(other) = self.reached.get(&u.root).copied() {
+                let at = format!("{}:{}", self.user_name(other.user), self.path_of(u.root));
                 self.problem(format!("user {}: root node {} is also {at}", u.name, u.root));
                 continue;
             }
-            self.reached.insert(u.root, (u.id, "/".to_string()));
-            let mut stack = vec![(u.root, String::new())];
-            while let Some((dir, path)) = stack.pop() {
+            self.reached.insert(u.root, Reach { user: u.id, entry: None });
+            // The deepest directory found below MAX_DEPTH (which no request can build; older servers could).
+            let mut deepest: Option<(usize, i64)> = None;
+            let mut stack = vec![(u.root, 0usize)];
+            while let Some((dir, depth)) = stack.pop() {
                 let Some(entries) = self.children.get(&dir) else { continue };
                 for e in entries.clone() {
-                    let child_path = format!("{path}/{}", e.name);
                     let Some(node) = snap.nodes.get(&e.node) else { continue };
-                    match self.reached.get(&e.node).cloned() {
-                        Some((other, first)) if other != u.id => self.problem(format!(
-                            "node {} is reachable from two users' roots: {}:{first} and {}:{child_path}",
+                    match self.reached.get(&e.node).copied() {
+                        Some(other) if other.user != u.id => self.problem(format!(
+                            "node {} is reachable from two users' roots: {}:{} and {}:{}",
                             e.node,
-                            self.user_name(other),
-                            u.name
+                            self.user_name(other.user),
+                            self.path_of(e.node),
+                            u.name,
+                            self.path_via(e)
                         )),
-                        Some((_, first)) if is_dir(node) => self.problem(format!(
-                            "directory node {} is reached twice from {}'s root: at {first} and at {child_path}",
-                            e.node, u.name
+                        Some(_) if is_dir(node) => self.problem(format!(
+                            "directory node {} is reached twice from {}'s root: at {} and at {}",
+                            e.node,
+                            u.name,
+                            self.path_of(e.node),
+                            self.path_via(e)
                         )),
                         Some(_) => {} // another name of a file: a hard link
                         None => {
-                            self.reached.insert(e.node, (u.id, child_path.clone()));
+                            self.reached.insert(e.node, Reach { user: u.id, entry: Some(e) });
                             if is_dir(node) {
-                                stack.push((e.node, child_path));
+                                if depth + 1 > MAX_DEPTH && deepest.is_none_or(|(d, _)| depth + 1 > d) {
+                                    deepest = Some((depth + 1, e.node));
+                                }
+                                stack.push((e.node, depth + 1));
                             }
                         }
                     }
                 }
+            }
+            if let Some((depth, node)) = deepest {
+                self.problem(format!(
+                    "user {}: directories nested {depth} deep, deeper than the limit of {MAX_DEPTH} (the deepest: {})",
+                    u.name,
+                    self.node_label(node)
+                ));
             }
         }
         self.check_entries();
@@ -572,11 +648,11 @@ impl<'a> Fsck<'a> {
             if !self.users.contains_key(&n.user_id) {
                 self.problem(format!("{label}: belongs to user {}, who does not exist", n.user_id));
             }
-            if let Some((user, _)) = self.reached.get(&id) {
-                if *user != n.user_id && self.users.contains_key(&n.user_id) {
+            if let Some(reach) = self.reached.get(&id) {
+                if reach.user != n.user_id && self.users.contains_key(&n.user_id) {
                     self.problem(format!(
                         "{label}: is in the tree of {} but belongs to {}",
-                        self.user_name(*user),
+                        self.user_name(reach.user),
                         self.user_name(n.user_id)
                     ));
                 }
@@ -641,33 +717,39 @@ impl<'a> Fsck<'a> {
     }
 
     /// Directories that are not reached from any root but have a name: follow their parents to find cycles.
+    /// Each node is followed once in all (a walk stops where an earlier one went), so this is linear too.
     fn check_detached_cycles(&mut self) {
         let snap = self.snap;
         let parent_of: HashMap<i64, i64> = snap.entries.iter().map(|e| (e.node, e.parent)).collect();
-        let mut reported: HashSet<BTreeSet<i64>> = HashSet::new();
+        // Node -> the walk (its starting node) that went through it.
+        let mut walked: HashMap<i64, i64> = HashMap::new();
         for (&id, n) in &snap.nodes {
-            if !is_dir(n) || self.reached.contains_key(&id) {
+            if !is_dir(n) || self.reached.contains_key(&id) || walked.contains_key(&id) {
                 continue;
             }
-            let mut chain = vec![id];
+            let mut chain = Vec::new();
             let mut at = id;
-            while let Some(&parent) = parent_of.get(&at) {
-                if let Some(pos) = chain.iter().position(|&c| c == parent) {
-                    let cycle: Vec<i64> = chain[pos..].to_vec();
-                    if reported.insert(cycle.iter().copied().collect()) {
-                        let ids: Vec<String> = cycle.iter().chain([&parent]).map(|c| c.to_string()).collect();
+            loop {
+                match walked.get(&at) {
+                    Some(&walk) if walk == id => {
+                        // Back on this walk's own path: the nodes from there on form a cycle (found once).
+                        let pos = chain.iter().position(|&c| c == at).expect("a node of this walk is in its chain");
+                        let ids: Vec<String> = chain[pos..].iter().chain([&at]).map(|c| c.to_string()).collect();
                         self.problem(format!(
                             "directories form a cycle, detached from every root: nodes {}",
                             ids.join(" in ")
                         ));
+                        break;
                     }
-                    break;
+                    Some(_) => break, // an earlier walk went on from here
+                    None => {}
                 }
-                if self.reached.contains_key(&parent) || chain.len() > snap.nodes.len() {
-                    break;
+                walked.insert(at, id);
+                chain.push(at);
+                match parent_of.get(&at) {
+                    Some(&parent) if !self.reached.contains_key(&parent) => at = parent,
+                    _ => break,
                 }
-                chain.push(parent);
-                at = parent;
             }
         }
     }

@@ -85,7 +85,7 @@ pub fn session(input: &[u8]) {
     });
     let complete = match ended {
         ConnError::Closed => true,
-        ConnError::Hostile(_) => false,
+        ConnError::Hostile(_) | ConnError::Ended(_) => false,
         e => panic!("the connection ended with {e}"),
     };
     check_answers(input, &answers, complete);

@@ -20,7 +20,8 @@ const MAX_FAILED_LOGINS: u32 = 3;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
-    Close,
+    /// Closed after the answer, for this reason.
+    Close(&'static str),
 }
 
 pub struct Session {
@@ -83,7 +84,11 @@ impl Session {
         if let AnyRequest::Login(r) = request {
             let result = self.login(r);
             respond::<Login>(conn, id, result)?;
-            let flow = if self.failed_logins >= MAX_FAILED_LOGINS { Flow::Close } else { Flow::Continue };
+            let flow = if self.failed_logins >= MAX_FAILED_LOGINS {
+                Flow::Close("too many failed logins")
+            } else {
+                Flow::Continue
+            };
             return Ok(flow);
         }
         let Some(user) = self.user.clone() else {
@@ -91,6 +96,12 @@ impl Session {
             send_error(conn, id, &Error::Wire(WireError::new(ErrorCode::NotLoggedIn, "log in first")))?;
             return Ok(Flow::Continue);
         };
+        if let Err(e) = self.store.check_session(&user) {
+            // Refused before anything is done; its payload read so that the answer reaches the client, then closed.
+            conn.discard_payload(head.payload_len as u64)?;
+            send_error(conn, id, &e)?;
+            return Ok(Flow::Close("session ended"));
+        }
         let (u, store) = (&user, &mut self.store);
         tracing::trace!(kind = ?head.kind, "request");
         match request {
@@ -125,6 +136,8 @@ impl Session {
         Ok(Flow::Continue)
     }
 
+    /// A session lasts while its user exists and keeps the password it logged in with (`user passwd` and
+    /// `user remove` end it at its next request, whether it was idle or in the middle of an upload).
     fn login(&mut self, r: Login) -> Result<LoginRes> {
         if self.user.is_some() {
             return crate::error::fail(ErrorCode::Invalid, "already logged in");

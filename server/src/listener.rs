@@ -280,7 +280,7 @@ pub fn serve_connection(
     loop {
         match session.handle(conn, head, request) {
             Ok(Flow::Continue) => {}
-            Ok(Flow::Close) => return ConnError::Hostile("too many failed logins".into()),
+            Ok(Flow::Close(why)) => return ConnError::Ended(why),
             Err(e) => return e,
         }
         (head, request) = match read_request(conn) {

@@ -62,10 +62,10 @@ enum Command {
     },
     /// Check a data directory for damage and report every problem found (read-only; safe while a server runs).
     ///
-    /// Checks: the database (PRAGMA integrity_check, foreign_key_check); every user's tree (roots, no entry crossing
-    /// users, a tree without cycles whose parents are directories, nlink of every node, valid names, nothing lost or
-    /// unreachable); every physical file (refs equal to the nodes referring to it, listed files point only at
-    /// complete ones, chunk progress consistent, complete ones present with the recorded size, md5 and SHA-256,
+    /// Checks: the database (PRAGMA integrity_check, foreign_key_check, a user id sequence past every id used);
+    /// every user's tree (roots, no entry crossing users, a tree without cycles whose parents are directories, no
+    /// directory deeper than 2048, nlink of every node, valid names, nothing lost or unreachable); every physical
+    /// file (refs equal to the nodes referring to it, listed files point only at complete ones, chunk progress consistent, complete ones present with the recorded size, md5 and SHA-256,
     /// recorded chunks of unfinished uploads really written, no duplicate content); uploads; and that blobs/ holds
     /// no file the database does not know.
     ///
@@ -116,7 +116,8 @@ enum UserCommand {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Set a user's password (from NETDISK_PASSWORD, else the first line of stdin). Connections logged in stay.
+    /// Set a user's password (from NETDISK_PASSWORD, else the first line of stdin). Connections logged in
+    /// with the old one are ended at their next request.
     Passwd {
         name: String,
         /// The server's data directory.
@@ -134,7 +135,8 @@ enum UserCommand {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Remove a user and everything they hold (content other users also hold stays for them).
+    /// Remove a user and everything they hold (content other users also hold stays for them). Their open connections
+    /// are ended at their next request; their id is never given to another user.
     Remove {
         name: String,
         /// The server's data directory.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netdisk_protocol::path::components;
-use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError};
+use netdisk_protocol::{Attr, DirEntry, ErrorCode, NodeKind, Owner, SetAttr, SetTime, Timespec, WireError, MAX_DEPTH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::blobs::Hashes;
@@ -44,7 +44,7 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -125,13 +125,41 @@ ALTER TABLE pfiles ADD COLUMN hash_owner INTEGER;
 ALTER TABLE users ADD COLUMN quota INTEGER;
 ";
 
-/// Version 3: content identity and ownership proofs. `pfiles.sha256` of an unfinished physical file is the identity
+/// Version 3: sessions end with their user. `users` is rebuilt with AUTOINCREMENT, so that a user id is never
+/// given again (a removed user's open connection must never find a new user's files under its id); its sequence
+/// starts above every user id the data still shows. `session_gen` changes with the password: a connection
+/// logged in under an older generation (or as a user who is gone) is ended at its next request.
+const SCHEMA_V3: &str = "
+ALTER TABLE users RENAME TO users_v2;
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    root          INTEGER NOT NULL,
+    created       INTEGER NOT NULL,
+    quota         INTEGER,
+    session_gen   INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO users (id, name, password_hash, root, created, quota)
+    SELECT id, name, password_hash, root, created, quota FROM users_v2;
+DROP TABLE users_v2;
+INSERT INTO sqlite_sequence (name, seq) SELECT 'users', 0
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users');
+UPDATE sqlite_sequence SET seq = max(seq,
+        coalesce((SELECT max(id) FROM users), 0),
+        coalesce((SELECT max(user_id) FROM nodes), 0),
+        coalesce((SELECT max(user_id) FROM uploads), 0),
+        coalesce((SELECT max(uploader) FROM pfiles), 0))
+    WHERE name = 'users';
+";
+
+/// Version 4: content identity and ownership proofs. `pfiles.sha256` of an unfinished physical file is the identity
 /// its uploader declared (checked against the bytes before sealing); `proof_tag` is the salted SHA-256 of a complete
 /// one's bytes (`netdisk_protocol::content`), from which challenges are checked without reading the blob (NULL
 /// for content sealed by an older server: no cross-user instant upload of it until an upload of the same bytes
 /// folds into it). `proof_blocks`: a (user, content) that was challenged gets no other challenge until `until`,
 /// so a wrong or missing answer cannot be retried. `settings` holds the store's proof salt.
-const SCHEMA_V3: &str = "
+const SCHEMA_V4: &str = "
 ALTER TABLE pfiles ADD COLUMN proof_tag TEXT;
 CREATE INDEX pfiles_identity ON pfiles(sha256, size, complete);
 CREATE TABLE proof_blocks (
@@ -190,6 +218,8 @@ pub struct User {
     pub id: i64,
     pub name: String,
     pub root: i64,
+    /// The user's `session_gen` at login: the session lasts while it is unchanged ([`Meta::session_valid`]).
+    pub session_gen: i64,
 }
 
 /// A user and what they hold (`netdisk-server user list`).
@@ -386,6 +416,9 @@ impl Meta {
         if version < 3 {
             tx.execute_batch(SCHEMA_V3)?;
         }
+        if version < 4 {
+            tx.execute_batch(SCHEMA_V4)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -419,10 +452,18 @@ impl Meta {
     pub fn user(&self, name: &str) -> Result<Option<(User, String)>> {
         Ok(self
             .conn
-            .one("SELECT id, root, password_hash FROM users WHERE name = ?", [name], |r| {
-                Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)? }, r.get(2)?))
+            .one("SELECT id, root, password_hash, session_gen FROM users WHERE name = ?", [name], |r| {
+                Ok((User { id: r.get(0)?, name: name.to_string(), root: r.get(1)?, session_gen: r.get(3)? }, r.get(2)?))
             })
             .optional()?)
+    }
+
+    /// Whether a logged-in session of `user` may go on: the user still exists and has the password (the session
+    /// generation) it logged in with. One primary-key lookup through a cached statement, run before every request.
+    pub fn session_valid(&self, user: &User) -> Result<bool> {
+        let current: Option<i64> =
+            self.conn.one("SELECT session_gen FROM users WHERE id = ?", [user.id], |r| r.get(0)).optional()?;
+        Ok(current == Some(user.session_gen))
     }
 
     // ---- reading the tree ----
@@ -517,7 +558,9 @@ impl Meta {
 
     pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<()> {
         let tx = self.write()?;
-        if tx.run("UPDATE users SET password_hash = ? WHERE name = ?", params![password_hash, name])? == 0 {
+        // A new generation ends every session logged in with the old password.
+        let sql = "UPDATE users SET password_hash = ?, session_gen = session_gen + 1 WHERE name = ?";
+        if tx.run(sql, params![password_hash, name])? == 0 {
             return fail(ErrorCode::NotFound, format!("no user {name}"));
         }
         tx.commit()?;
@@ -536,7 +579,7 @@ impl Meta {
 
     /// Removes a user with everything they hold, in one transaction: their tree, their unfinished uploads, and
     /// the physical files nobody else refers to (returned: the caller deletes their blobs). Connections of that
-    /// user that are logged in get errors from then on.
+    /// user that are logged in are ended at their next request ([`Meta::session_valid`]); the id is never reused.
     pub fn remove_user(&mut self, name: &str) -> Result<(u64, Released)> {
         let tx = self.write()?;
         let id: i64 = tx
@@ -623,6 +666,7 @@ impl Meta {
 
     // ---- changing the tree ----
 
+    /// A new directory is as deep as its path has names: never deeper than `MAX_DEPTH` (= `MAX_PATH / 2`).
     pub fn mkdir(&mut self, user: &User, path: &str, mode: u32, owner: Owner) -> Result<Attr> {
         let tx = self.write()?;
         let (parent, name) = resolve_parent(&tx, user, path)?;
@@ -753,6 +797,9 @@ impl Meta {
         let (to_parent, to_name) = resolve_parent(&tx, user, to)?;
         if node.kind == NodeKind::Dir && is_ancestor_or_self(&tx, node.id, to_parent)? {
             return fail(ErrorCode::Invalid, format!("cannot move {from} into itself"));
+        }
+        if node.kind == NodeKind::Dir {
+            check_depth(&tx, node.id, components(from)?.len(), components(to)?.len())?;
         }
         let existing = lookup(&tx, to_parent, to_name)?;
         let t = now();
@@ -904,7 +951,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// The store's proof salt (made with the schema; see `SCHEMA_V3`).
+    /// The store's proof salt (made with the schema; see `SCHEMA_V4`).
     pub fn proof_salt(&self) -> Result<Vec<u8>> {
         Ok(self.conn.one("SELECT value FROM settings WHERE name = 'proof_salt'", [], |r| r.get(0))?)
     }
@@ -1469,6 +1516,35 @@ fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<boo
     Ok(false)
 }
 
+/// Refuses (`NameTooLong`, before anything changes) a rename that would nest a directory deeper than
+/// [`MAX_DEPTH`]: directory `node`, now at depth `from` (its path's number of names; a directory has one path),
+/// moving to depth `to`. A move up or level makes nothing deeper and costs nothing more. A move down looks for a
+/// directory in the subtree lower than the room left, over directories only and never past one level below that
+/// room: bounded by the limit, not by how deep the tree is.
+fn check_depth(conn: &Connection, node: i64, from: usize, to: usize) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let too_deep = match MAX_DEPTH.checked_sub(to) {
+        None => true,
+        Some(room) => conn.one(
+            "WITH RECURSIVE below(id, depth) AS (
+                 SELECT ?1, 0
+                 UNION ALL
+                 SELECT e.node, b.depth + 1 FROM below b JOIN entries e ON e.parent = b.id JOIN nodes n ON n.id = e.node
+                 WHERE n.kind = ?2 AND b.depth <= ?3
+             )
+             SELECT EXISTS (SELECT 1 FROM below WHERE depth > ?3)",
+            params![node, kind_to_int(NodeKind::Dir), room as i64],
+            |r| r.get(0),
+        )?,
+    };
+    if too_deep {
+        return fail(ErrorCode::NameTooLong, format!("the move would nest directories more than {MAX_DEPTH} deep"));
+    }
+    Ok(())
+}
+
 fn touch_dir(conn: &Connection, dir: i64, t: Timespec) -> Result<()> {
     conn.run(
         "UPDATE nodes SET mtime_s = ?1, mtime_ns = ?2, ctime_s = ?1, ctime_ns = ?2 WHERE id = ?3",
@@ -1617,6 +1693,41 @@ mod tests {
         assert_eq!(meta.stat(&u, "/c").unwrap().nlink, 3);
         let err = meta.rename(&u, "/c", "/c/b/x", false).unwrap_err();
         assert_eq!(err.to_wire().code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn user_ids_are_never_given_again_also_after_the_migration_to_v3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // A version 2 database: users 1 and 5, and leftovers of a user 7 (gone) in the tree.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(SCHEMA_V2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, name, password_hash, root, created) VALUES (1, 'ann', 'h', 1, 0), (5, 'bo', 'h', 2, 0);
+                 INSERT INTO nodes (id, user_id, kind, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns,
+                                    ctime_s, ctime_ns)
+                 VALUES (1, 1, 2, 493, 0, 0, 2, 0, 0, 0, 0, 0, 0), (2, 5, 2, 493, 0, 0, 2, 0, 0, 0, 0, 0, 0),
+                        (3, 7, 1, 420, 0, 0, 1, 0, 0, 0, 0, 0, 0);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut meta = Meta::open(&path).unwrap();
+        let (bo, _) = meta.user("bo").unwrap().unwrap();
+        assert_eq!((bo.id, bo.root, bo.session_gen), (5, 2, 0), "rows are kept");
+        assert_eq!(meta.add_user("cy", "h").unwrap(), 8, "above every id the data shows");
+        meta.remove_user("cy").unwrap();
+        assert_eq!(meta.add_user("cy", "h").unwrap(), 9, "a removed user's id is not given again");
+        // A password change ends the sessions logged in before it; a removal ends all of them.
+        assert!(meta.session_valid(&bo).unwrap());
+        meta.set_password("bo", "h2").unwrap();
+        assert!(!meta.session_valid(&bo).unwrap());
+        let (bo, _) = meta.user("bo").unwrap().unwrap();
+        assert!(meta.session_valid(&bo).unwrap());
+        meta.remove_user("bo").unwrap();
+        assert!(!meta.session_valid(&bo).unwrap());
     }
 
     #[test]

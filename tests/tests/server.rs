@@ -13,6 +13,8 @@ mod admin;
 mod auth;
 #[path = "server/dedup.rs"]
 mod dedup;
+#[path = "server/depth.rs"]
+mod depth;
 #[path = "server/frames.rs"]
 mod frames;
 #[path = "server/fsck.rs"]
@@ -27,6 +29,8 @@ mod listing;
 mod process;
 #[path = "server/security.rs"]
 mod security;
+#[path = "server/sessions.rs"]
+mod sessions;
 #[path = "server/tree.rs"]
 mod tree;
 #[path = "server/upload.rs"]

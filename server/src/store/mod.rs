@@ -115,6 +115,15 @@ impl Store {
         Ok(found.filter(|_| ok).map(|(user, _)| user))
     }
 
+    /// Refuses a request of a session whose user was removed or changed password since it logged in.
+    pub fn check_session(&self, user: &User) -> Result<()> {
+        if self.meta.session_valid(user)? {
+            return Ok(());
+        }
+        tracing::warn!(user = %user.name, "session ended: the user was removed or their password changed");
+        fail(ErrorCode::NotLoggedIn, "session ended: the user was removed or their password changed; log in again")
+    }
+
     /// What a client is told at login.
     pub fn login_answer(&self, user: &User) -> Result<LoginRes> {
         Ok(LoginRes {

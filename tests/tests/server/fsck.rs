@@ -371,6 +371,14 @@ fn wrong_link_counts_and_an_entry_under_a_file() {
 }
 
 #[test]
+fn a_user_id_sequence_that_would_give_an_id_again() {
+    let store = stopped();
+    // bob has the highest id; a sequence set back below it would hand his id to the next new user.
+    store.sql("UPDATE sqlite_sequence SET seq = 1 WHERE name = 'users'", []);
+    store.expect_problems(&["users: the id sequence is at 1, below user id 2 in use"]);
+}
+
+#[test]
 fn a_damaged_database() {
     let store = stopped();
     // An index that no longer matches its table, the way a torn write or a bad disk leaves one.

@@ -1,0 +1,132 @@
+//! Directory depth: renames (which move whole subtrees) cannot nest directories deeper than any path can name, and
+//! fsck checks a tree however deep in memory linear in its size (a chain built directly in the database).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netdisk_e2e::netdisk_protocol::{ErrorCode, MAX_DEPTH, MAX_NAME};
+use netdisk_e2e::{code_of, server_bin, ServerOpts, STOP_TIMEOUT};
+use rusqlite::{params, Connection};
+
+use crate::{alice, server_with_alice};
+
+#[test]
+fn a_rename_that_would_nest_directories_too_deep_is_refused() {
+    let server = server_with_alice(ServerOpts::default().durability("normal"));
+    let mut c = alice(&server);
+    // A chain exactly MAX_DEPTH deep, built the way the limit could once be passed: directories made at the top,
+    // each moved into the one before (short paths all along; only the tree gets deep).
+    for i in 0..=MAX_DEPTH {
+        c.mkdir(&format!("/c{i}"), 0o755).expect("mkdir");
+    }
+    for i in (2..=MAX_DEPTH).rev() {
+        c.rename(&format!("/c{i}"), &format!("/c{}/c{i}", i - 1), false).expect("a move that stays within the limit");
+    }
+    // /c1 holds a chain down to depth MAX_DEPTH: one level more anywhere is refused, and nothing changes.
+    let before = c.names("/").expect("list /");
+    assert_eq!(before, vec!["c0".to_string(), "c1".to_string()]);
+    let refused = c.rename("/c1", "/c0/c1", false);
+    assert_eq!(code_of(refused, "moving the chain one level down"), ErrorCode::NameTooLong);
+    assert_eq!(c.names("/").expect("list /"), before, "the refused rename changed nothing");
+    assert!(c.names("/c0").expect("list /c0").is_empty());
+    assert_eq!(c.stat("/c1").expect("stat").nlink, 3);
+    // Moves that make nothing deeper stay allowed: a rename in place, a subtree moved up or level.
+    c.rename("/c1", "/top", false).expect("a rename in place");
+    c.rename("/top/c2", "/c0/c2", false).expect("a subtree moved to the same depth");
+    c.rename("/c0/c2/c3", "/c3", false).expect("a subtree moved up");
+    server.assert_fsck_clean();
+}
+
+/// A chain of `depth` directories with names of MAX_NAME bytes under alice's root, written into a stopped server's
+/// database: the shape deep renames used to build, which no request can make any more.
+fn plant_chain(db: &Connection, depth: usize) {
+    let tx = db.unchecked_transaction().expect("begin");
+    let root: i64 = tx.query_row("SELECT root FROM users WHERE name = 'alice'", [], |r| r.get(0)).expect("root");
+    let user: i64 = tx.query_row("SELECT id FROM users WHERE name = 'alice'", [], |r| r.get(0)).expect("id");
+    tx.execute("UPDATE nodes SET nlink = nlink + 1 WHERE id = ?", [root]).expect("root nlink");
+    let mut parent = root;
+    for i in 0..depth {
+        let nlink = if i + 1 < depth { 3 } else { 2 };
+        tx.execute(
+            "INSERT INTO nodes (user_id, kind, mode, uid, gid, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s,
+                                ctime_ns)
+             VALUES (?, 2, 493, 0, 0, ?, 0, 0, 0, 0, 0, 0)",
+            params![user, nlink],
+        )
+        .expect("insert a directory");
+        let node = tx.last_insert_rowid();
+        let name = format!("{i:06}{}", "d".repeat(MAX_NAME - 6));
+        tx.execute("INSERT INTO entries (parent, name, node) VALUES (?, ?, ?)", params![parent, name, node])
+            .expect("insert its entry");
+        parent = node;
+    }
+    tx.commit().expect("commit");
+}
+
+/// `netdisk-server fsck --data DIR`: its exit code, stdout, and the child's peak resident memory in KiB (from
+/// wait4's rusage: the kernel's own count, not a sample).
+fn fsck_with_max_rss(data: &std::path::Path) -> (Option<i32>, String, u64) {
+    // Reaped by wait4 below (to get its rusage), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(server_bin())
+        .arg("fsck")
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run netdisk-server fsck");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + netdisk_e2e::FSCK_TIMEOUT;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child, reaped here.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on the pid of our own child, with valid pointers to locals.
+        let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(got >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if got == pid {
+            break (status, usage);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fsck did not finish within {:?}", netdisk_e2e::FSCK_TIMEOUT);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, reader.join().expect("the stdout reader"), usage.ru_maxrss as u64)
+}
+
+#[test]
+fn fsck_checks_a_very_deep_tree_in_bounded_memory() {
+    const DEPTH: usize = 3000;
+    let mut server = server_with_alice(ServerOpts::default());
+    alice(&server).mkdir("/shallow", 0o755).expect("mkdir");
+    server.terminate(STOP_TIMEOUT).expect("the server stops on SIGTERM");
+    plant_chain(&Connection::open(server.data_dir().join("meta.db")).expect("open the database"), DEPTH);
+
+    let (code, out, max_rss_kib) = fsck_with_max_rss(server.data_dir());
+    eprintln!("fsck of a chain {DEPTH} directories deep: max RSS {} MiB\n{out}", max_rss_kib / 1024);
+    // Paths of every depth would be ~1.1 GiB of strings at this depth (names of 255 bytes); the nodes are 3,000.
+    assert!(max_rss_kib < 64 * 1024, "fsck took {max_rss_kib} KiB for {DEPTH} directories");
+    // The only problem: the chain is deeper than requests may build; every line stays short.
+    assert_eq!(code, Some(1), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one problem and the summary:\n{out}");
+    assert!(
+        lines[0].contains(&format!("directories nested {DEPTH} deep, deeper than the limit of {MAX_DEPTH}")),
+        "{out}"
+    );
+    assert!(lines[0].len() < 2 * netdisk_e2e::netdisk_protocol::MAX_PATH, "a bounded line: {} bytes", lines[0].len());
+    assert!(lines[1].ends_with("checked, 1 problem"), "{out}");
+}
