@@ -13,6 +13,7 @@ use crate::blobs::{self, Blobs, Durability};
 use crate::conn::{Conn, ConnError};
 use crate::error::{fail, Error, Result};
 use crate::meta::{Content, Meta, NewFile, PFile, Upload, User, EMPTY_MD5};
+use crate::resize;
 use crate::splice::{self, Pipe};
 use crate::users;
 
@@ -24,6 +25,8 @@ const PROOF_RANGE: u64 = 64 * 1024;
 const PROOF_RANGES: usize = 3;
 /// Challenges a connection may have open at once; older ones are forgotten.
 const MAX_OPEN_CHALLENGES: usize = 64;
+/// Times a small file is stored when concurrent changes keep releasing its physical file before it is sealed.
+const RACE_ATTEMPTS: u32 = 3;
 /// Wrong passwords a connection may try before it is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
 
@@ -208,7 +211,9 @@ impl Session {
                 respond::<Rename>(conn, id, res.map(|()| RenameRes {}))?
             }
             AnyRequest::SetAttr(r) => {
-                respond::<SetAttr>(conn, id, self.set_attr(u, r).map(|attr| SetAttrRes { attr }))?
+                let still_wanted = || conn.peer_is_there();
+                let res = self.set_attr(u, r, &still_wanted).map(|attr| SetAttrRes { attr });
+                respond::<SetAttr>(conn, id, res)?
             }
             AnyRequest::Symlink(r) => respond::<Symlink>(
                 conn,
@@ -277,6 +282,7 @@ impl Session {
 
     fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
         check_md5(&r.md5)?;
+        resize::check_file_size(r.size)?;
         components(&r.path)?;
         self.meta.check_file_target(user, &r.path)?;
         self.meta.check_quota(user, &r.path, r.size)?;
@@ -383,9 +389,12 @@ impl Session {
                 return Err(e);
             }
         };
-        let result = received.map_err(Error::from).and_then(|()| self.seal_inline(user, &r, &pfile, &file));
+        let mut result = received.map_err(Error::from).and_then(|()| self.seal_inline(user, &r, &pfile, &file));
         if result.is_err() {
             discard(self);
+        }
+        if matches!(result, Err(Error::Race(_))) {
+            result = self.store_inline_again(user, &r, &file);
         }
         respond::<UploadFile>(conn, id, result.map(|attr| self.instant(user, &r.path, attr)))
     }
@@ -400,10 +409,37 @@ impl Session {
         let (attr, released) = self
             .meta
             .seal_and_place(user, &r.path, pfile.id, (&hashes.md5, &hashes.sha256), pfile.size, new)?
-            .ok_or_else(|| WireError::new(ErrorCode::Io, "the stored file vanished; retry"))?;
+            .ok_or(Error::Race("the stored file vanished meanwhile"))?;
         self.blobs.remove_all(&released);
         tracing::info!(path = %r.path, md5 = %r.md5, size = pfile.size, "upload complete (sent whole)");
         Ok(attr)
+    }
+
+    /// A small file whose physical file a concurrent change released before it was sealed: its bytes, still in
+    /// the open `received`, are stored again in a new one (checked against the md5 again), a few times at most.
+    fn store_inline_again(&mut self, user: &User, r: &UploadFile, received: &File) -> Result<Attr> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; r.size as usize];
+        received.read_exact_at(&mut bytes, 0)?;
+        let mut attempts = 1;
+        loop {
+            let pfile = self.meta.new_pfile(user, &r.md5, r.size, self.chunk_size)?;
+            let stored = (|| {
+                let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
+                self.blobs.claim(&file, 0, pfile.size)?;
+                file.write_all_at(&bytes, 0)?;
+                self.seal_inline(user, r, &pfile, &file)
+            })();
+            if stored.is_err() {
+                self.meta.discard_pfile(pfile.id).ok();
+                self.blobs.remove(pfile.id);
+            }
+            attempts += 1;
+            match stored {
+                Err(Error::Race(why)) if attempts < RACE_ATTEMPTS => tracing::debug!(why, "small file raced; again"),
+                other => return other,
+            }
+        }
     }
 
     fn prove_ownership(&mut self, user: &User, r: ProveOwnership) -> Result<UploadFileRes> {
@@ -697,51 +733,12 @@ impl Session {
 
     // ---- attributes ----
 
-    fn set_attr(&mut self, user: &User, r: SetAttr) -> Result<Attr> {
+    /// `still_wanted`: whether the client still waits (a long truncate stops when it hung up).
+    fn set_attr(&mut self, user: &User, r: SetAttr, still_wanted: &dyn Fn() -> bool) -> Result<Attr> {
         if let Some(size) = r.size {
-            self.truncate(user, &r.path, size)?;
+            resize::resize(&mut self.meta, &self.blobs, user, &r.path, size, still_wanted)?;
         }
         self.meta.set_attr(user, &r)
-    }
-
-    /// Gives a regular file new content: its first `size` bytes, zero-filled past the old end.
-    fn truncate(&mut self, user: &User, path: &str, size: u64) -> Result<()> {
-        let (attr, old) = self.meta.file_content(user, path)?;
-        if size == attr.size {
-            return Ok(());
-        }
-        self.meta.check_quota(user, path, size)?;
-        let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
-        if size == 0 {
-            let (_, released) = self.meta.set_content(user, path, Content { pfile_id: None, size: 0 }, keep)?;
-            self.blobs.remove_all(&released);
-            return Ok(());
-        }
-        let pfile = self.meta.new_pfile(user, "", size, self.chunk_size)?;
-        let placed = (|| -> Result<Vec<i64>> {
-            let dest = self.blobs.open_for_upload(pfile.id, size)?;
-            let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
-            blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
-            self.blobs.sync_all(&dest)?;
-            let hashes = blobs::hash_file(&dest, size)?;
-            // Sealed and placed in one transaction: never complete without a holder.
-            let (_, released) = self
-                .meta
-                .seal_and_set_content(user, path, pfile.id, &hashes.md5, &hashes.sha256, keep)?
-                .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
-            Ok(released)
-        })();
-        match placed {
-            Ok(released) => {
-                self.blobs.remove_all(&released);
-                Ok(())
-            }
-            Err(e) => {
-                self.meta.discard_pfile(pfile.id)?;
-                self.blobs.remove(pfile.id);
-                Err(e)
-            }
-        }
     }
 
     fn statfs(&self, user: &User) -> Result<StatFsRes> {

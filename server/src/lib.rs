@@ -11,5 +11,6 @@ pub mod handler;
 pub mod listener;
 pub mod meta;
 pub mod recovery;
+pub mod resize;
 pub mod splice;
 pub mod users;

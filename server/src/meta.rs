@@ -1456,7 +1456,9 @@ fn place_content(
     if let Some(p) = content.pfile_id {
         // Only a complete physical file may be referenced; it may have been released since it was looked up.
         if conn.run("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {
-            return fail(ErrorCode::Io, "the content was released meanwhile; retry");
+            // A race, never a client's mistake nor a failure of the server (each caller today checks, in this
+            // same transaction, that the content is complete, so it cannot happen there).
+            return Err(crate::error::Error::Race("the content was released meanwhile"));
         }
     }
     match lookup(conn, parent, name)? {

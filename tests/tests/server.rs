@@ -13,6 +13,8 @@ mod admin;
 mod auth;
 #[path = "server/dedup.rs"]
 mod dedup;
+#[path = "server/errno.rs"]
+mod errno;
 #[path = "server/frames.rs"]
 mod frames;
 #[path = "server/fsck.rs"]
@@ -23,6 +25,8 @@ mod hostile;
 mod listing;
 #[path = "server/process.rs"]
 mod process;
+#[path = "server/resize.rs"]
+mod resize;
 #[path = "server/security.rs"]
 mod security;
 #[path = "server/tree.rs"]
