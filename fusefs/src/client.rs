@@ -156,6 +156,8 @@ impl Session<'_> {
                 answer
             }
             Ok(Err(e)) => Err(e),
+            // The connection is dropped here, not pooled: closing it is what tells the server that this call was
+            // given up (a long truncate then stops and never lands), and its late answer could never be matched.
             Err(_) => Err(connection_error(format!("{:?} timed out after {timeout:?}", R::KIND))),
         }
     }

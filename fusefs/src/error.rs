@@ -35,6 +35,8 @@ impl FsError {
                 ErrorCode::NotPermitted => libc::EPERM,
                 ErrorCode::NoSpace => libc::ENOSPC,
                 ErrorCode::QuotaExceeded => libc::EDQUOT,
+                ErrorCode::FileTooBig => libc::EFBIG,
+                ErrorCode::ReadOnly => libc::EROFS,
                 ErrorCode::AuthFailed | ErrorCode::NotLoggedIn => libc::EACCES,
                 ErrorCode::Busy => libc::EAGAIN,
                 ErrorCode::Unsupported => libc::EOPNOTSUPP,
@@ -58,4 +60,25 @@ impl FsError {
 
 pub fn errno<T>(n: i32) -> Result<T> {
     Err(FsError::Errno(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno_of(wire: &str) -> i32 {
+        let e: WireError = serde_json::from_str(&format!(r#"{{"code":"{wire}","message":"m"}}"#)).unwrap();
+        FsError::Server(e).errno()
+    }
+
+    #[test]
+    fn each_code_keeps_its_errno() {
+        assert_eq!(errno_of("file_too_big"), libc::EFBIG);
+        assert_eq!(errno_of("read_only"), libc::EROFS);
+        assert_eq!(errno_of("no_space"), libc::ENOSPC);
+        assert_eq!(errno_of("quota_exceeded"), libc::EDQUOT);
+        assert_eq!(errno_of("io"), libc::EIO);
+        // A code from a newer server that this mount does not know.
+        assert_eq!(errno_of("some_future_code"), libc::EIO);
+    }
 }

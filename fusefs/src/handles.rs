@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use netdisk_protocol::{ContentHasher, ContentHashes, Owner, Timespec};
+use netdisk_protocol::{ContentHasher, ContentHashes, Owner, Timespec, MAX_FILE_SIZE};
 
 use crate::running_hash::RunningHash;
 
@@ -50,6 +50,15 @@ pub fn now() -> Timespec {
 }
 
 /// The process (thread group) a thread belongs to: FUSE requests carry the thread id.
+/// A staged file may not grow past what the server stores (`MAX_FILE_SIZE`): EFBIG at the call that asks for it
+/// (as a local disk answers), not at the upload when it is closed.
+fn check_size(end: u64) -> io::Result<()> {
+    if end > MAX_FILE_SIZE {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(())
+}
+
 fn process_of(tid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{tid}/status"))
         .ok()
@@ -84,6 +93,7 @@ impl Staging {
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_size(offset.saturating_add(data.len() as u64))?;
         self.file.write_all_at(data, offset)?;
         self.size = self.size.max(offset + data.len() as u64);
         self.changed();
@@ -119,6 +129,7 @@ impl Staging {
     }
 
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
+        check_size(size)?;
         self.file.set_len(size)?;
         self.running_hash.truncated(size);
         self.size = size;
@@ -130,7 +141,7 @@ impl Staging {
     /// `FALLOC_FL_PUNCH_HOLE` or `FALLOC_FL_ZERO_RANGE` (zeros in place). A hole uploads as zeros.
     pub fn fallocate(&mut self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let os_error = io::Error::from_raw_os_error;
-        let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(os_error(libc::EFBIG))?;
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE).ok_or(os_error(libc::EFBIG))?;
         let flags = nix::fcntl::FallocateFlags::from_bits(mode).ok_or(os_error(libc::EOPNOTSUPP))?;
         nix::fcntl::fallocate(&self.file, flags, offset as i64, len as i64)?;
         let grows = mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > self.size;
@@ -280,6 +291,22 @@ mod tests {
         assert_eq!(s.read(1, 100).unwrap(), b"ello");
         s.discard();
         assert!(!s.path.exists());
+    }
+
+    #[test]
+    fn a_staged_file_stops_at_the_largest_file() {
+        // On tmpfs (whose own limit is 8 EiB) when there is one, so that the local file system does not decide.
+        let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+        let mut s = Staging::create(dir.path(), 0o644, Owner::default(), Arc::from(&b"salt"[..])).unwrap();
+        s.write(0, b"abc").unwrap();
+        let efbig = |r: io::Result<()>| r.unwrap_err().raw_os_error();
+        // pjdfstest ftruncate/12.
+        assert_eq!(efbig(s.truncate(999_999_999_999_999_999)), Some(libc::EFBIG));
+        assert_eq!(efbig(s.truncate(MAX_FILE_SIZE + 1)), Some(libc::EFBIG));
+        assert_eq!(efbig(s.write(MAX_FILE_SIZE, b"x")), Some(libc::EFBIG));
+        assert_eq!(efbig(s.fallocate(MAX_FILE_SIZE, 1, 0)), Some(libc::EFBIG));
+        assert_eq!((s.size, s.hashes().unwrap().md5), (3, netdisk_protocol::md5_hex(b"abc")));
+        s.discard();
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum DecodeError {
 }
 
 /// The error code of an error response. The mount maps each to one errno.
+/// On the wire a code is its snake_case name, so codes can be added without breaking older peers: a code a peer
+/// does not know decodes as [`ErrorCode::Unknown`] (EIO on the mount).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -49,6 +51,10 @@ pub enum ErrorCode {
     NoSpace,
     /// The change would take the user past their quota (EDQUOT).
     QuotaExceeded,
+    /// A size beyond the largest file the server stores, `MAX_FILE_SIZE` (EFBIG).
+    FileTooBig,
+    /// The server's storage is read-only (EROFS).
+    ReadOnly,
     /// Wrong user name or password.
     AuthFailed,
     /// A request other than login before a successful login (EACCES).

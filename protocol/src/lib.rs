@@ -41,6 +41,7 @@
 //! | path | 4096 bytes, components of at most 255 bytes |
 //! | chunk indexes in one `QueryChunk` | 4096 |
 //! | entries in one `GetDir` page | 512 |
+//! | file size | 16 TiB (`MAX_FILE_SIZE`, as ext4 with 4 KiB blocks) |
 
 pub mod client;
 pub mod content;
@@ -67,6 +68,9 @@ pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
 /// Largest file sent inline: as the payload of its `UploadFile`, stored at once, in one round trip. (Bigger
 /// files are named by md5 first, so that content the server holds never travels.)
 pub const MAX_INLINE_UPLOAD: u32 = 64 * 1024;
+/// Largest file the server stores (16 TiB, ext4's limit with 4 KiB blocks). Every size a client declares (an
+/// upload's, a truncate's) is checked against it: beyond it the answer is `FileTooBig` (EFBIG).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
 /// Longest path, in bytes.
 pub const MAX_PATH: usize = 4096;
 /// Deepest a directory may lie below its user's root (the root is at depth 0, `/a` at 1). A path of depth d takes

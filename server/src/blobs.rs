@@ -288,15 +288,44 @@ impl RunningHash {
         state
     }
 
-    /// Feeds `len` zero bytes without reading them from anywhere (the zero tail of a grown file).
-    pub fn zeros(&mut self, mut len: u64) {
-        let zeros = vec![0u8; READ_BUF];
-        while len > 0 {
-            let n = (len as usize).min(zeros.len());
-            self.md5.update(&zeros[..n]);
-            self.sha.update(&zeros[..n]);
-            len -= n as u64;
-        }
+    /// Extends the hash over `len` zero bytes, from memory (nothing is read or written): md5 here, SHA-256 and the
+    /// proof tag on a second thread. Asks `still_wanted` every few MiB: `Ok(false)` when it said no (the hash is then of no use).
+    pub fn zeros(&mut self, len: u64, still_wanted: &dyn Fn() -> bool) -> io::Result<bool> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let zero_block = vec![0u8; READ_BUF];
+        let stop_flag = AtomicBool::new(false);
+        let (zeros, stop) = (&zero_block, &stop_flag);
+        let mut sha = std::mem::take(&mut self.sha);
+        std::thread::scope(|scope| {
+            let sha_thread = scope.spawn(move || {
+                let mut left = len;
+                while left > 0 && !stop.load(Ordering::Relaxed) {
+                    let n = left.min(zeros.len() as u64);
+                    sha.update(&zeros[..n as usize]);
+                    left -= n;
+                }
+                sha
+            });
+            let mut left = len;
+            let mut since_check = 0u64;
+            let mut wanted = true;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                self.md5.update(&zeros[..n as usize]);
+                left -= n;
+                since_check += n;
+                if since_check >= CHECK_EVERY {
+                    since_check = 0;
+                    if !still_wanted() {
+                        wanted = false;
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            self.sha = sha_thread.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
+            Ok(wanted)
+        })
     }
 
     pub fn finish(self) -> Hashes {
@@ -313,6 +342,43 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
         let read = each_block(file, offset, len, |block| crc = netdisk_protocol::chunk_crc_append(crc, block))?;
         return if read == len { Ok(crc) } else { Err(short(offset + read, offset + len)) };
     };
+    hash_pass(file, offset, len, running, &mut |_, _| Ok(true))?.ok_or_else(|| io::Error::other("the pass stopped"))
+}
+
+/// Bytes of long work (a resized copy, hashing zeros) between two checks that its client still wants it.
+const CHECK_EVERY: u64 = 8 << 20;
+
+/// Copies the first `len` bytes of `source` to `dest`, reading them once: the same pass feeds `running` (as
+/// [`scan`]). Asks `still_wanted` every few MiB: `Ok(false)` when it said no (the copy is then partial).
+pub fn copy_hashed(
+    source: &File,
+    dest: &File,
+    len: u64,
+    running: &mut RunningHash,
+    still_wanted: &dyn Fn() -> bool,
+) -> io::Result<bool> {
+    let mut since_check = 0u64;
+    let copied = hash_pass(source, 0, len, running, &mut |at, block| {
+        dest.write_all_at(block, at)?;
+        since_check += block.len() as u64;
+        if since_check < CHECK_EVERY {
+            return Ok(true);
+        }
+        since_check = 0;
+        Ok(still_wanted())
+    })?;
+    Ok(copied.is_some())
+}
+
+/// The pass of [`scan`] over `len` bytes at `offset`, handing each block (with its offset) to `each` after
+/// hashing it; `None` when `each` answered false (stop).
+fn hash_pass(
+    file: &File,
+    offset: u64,
+    len: u64,
+    running: &mut RunningHash,
+    each: &mut dyn FnMut(u64, &[u8]) -> io::Result<bool>,
+) -> io::Result<Option<u32>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<Vec<u8>>>(4);
     let mut sha = std::mem::take(&mut running.sha);
     std::thread::scope(|scope| {
@@ -325,6 +391,7 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
         let mut crc = 0;
         let mut done = 0u64;
         let mut failure = None;
+        let mut stopped = false;
         while done < len {
             let mut buf = vec![0u8; READ_BUF.min((len - done) as usize)];
             match read_full_at(file, &mut buf, offset + done) {
@@ -333,8 +400,13 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
                     buf.truncate(n);
                     running.md5.update(&buf);
                     crc = netdisk_protocol::chunk_crc_append(crc, &buf);
+                    match each(offset + done, &buf) {
+                        Ok(true) => {}
+                        Ok(false) => stopped = true,
+                        Err(e) => failure = Some(e),
+                    }
                     done += n as u64;
-                    if tx.send(std::sync::Arc::new(buf)).is_err() {
+                    if stopped || failure.is_some() || tx.send(std::sync::Arc::new(buf)).is_err() {
                         break;
                     }
                 }
@@ -348,8 +420,9 @@ pub fn scan(file: &File, offset: u64, len: u64, running: Option<&mut RunningHash
         running.sha = sha_thread.join().map_err(|_| io::Error::other("the SHA-256 thread panicked"))?;
         match failure {
             Some(e) => Err(e),
+            None if stopped => Ok(None),
             None if done != len => Err(short(offset + done, offset + len)),
-            None => Ok(crc),
+            None => Ok(Some(crc)),
         }
     })
 }
@@ -408,26 +481,6 @@ fn each_block(file: &File, mut offset: u64, len: u64, mut f: impl FnMut(&[u8])) 
     Ok(len - left)
 }
 
-/// Writes a new blob holding the first `size` bytes of `source` (zero-filled past its end); the caller syncs it.
-pub fn write_resized(dest: &File, source: Option<&File>, source_size: u64, size: u64) -> io::Result<()> {
-    dest.set_len(0)?;
-    if let Some(source) = source {
-        let mut buf = vec![0u8; READ_BUF];
-        let mut offset = 0u64;
-        let keep = source_size.min(size);
-        while offset < keep {
-            let want = buf.len().min((keep - offset) as usize);
-            let n = source.read_at(&mut buf[..want], offset)?;
-            if n == 0 {
-                return Err(io::Error::other("source blob is shorter than its recorded size"));
-            }
-            dest.write_all_at(&buf[..n], offset)?;
-            offset += n as u64;
-        }
-    }
-    dest.set_len(size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,7 +499,7 @@ mod tests {
         assert!(hash_file(&f, 6, b"salt").is_err());
         let mut grown = RunningHash::new(b"salt");
         scan(&f, 0, 5, Some(&mut grown)).unwrap();
-        grown.zeros(3 << 20);
+        assert!(grown.zeros(3 << 20, &|| true).unwrap());
         let mut want = b"hello".to_vec();
         want.resize(5 + (3 << 20), 0);
         assert_eq!(grown.finish(), netdisk_protocol::content::content_hashes(b"salt", &want));

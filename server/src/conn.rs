@@ -249,6 +249,21 @@ impl Conn {
         Ok(())
     }
 
+    /// True while the peer keeps the connection open: a non-blocking look at the socket for a hang-up or an
+    /// error, consuming no byte (a pipelined request stays buffered). Long work asks it every few MiB, so that a
+    /// request its client gave up on (the mount closes a connection whose call timed out) stops.
+    pub fn peer_is_there(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        // Only a hang-up is asked for (POLLRDHUP: the peer shut its side; nix names no such flag, and its
+        // `revents()` reads none back); POLLHUP and POLLERR always come. So any event at all means gone.
+        let mut fds = [PollFd::new(self.sock.fd(), PollFlags::from_bits_retain(libc::POLLRDHUP))];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(events) => events == 0,
+            // Cannot tell (EINTR): carry on; the next look decides.
+            Err(_) => true,
+        }
+    }
+
     /// Sends a message without payload.
     pub fn send_message<T: serde::Serialize>(
         &mut self,

@@ -118,7 +118,9 @@ impl Session {
             AnyRequest::DeleteFile(r) => respond::<DeleteFile>(conn, id, store.unlink(u, &r.path))?,
             AnyRequest::Rename(r) => respond::<Rename>(conn, id, store.rename(u, &r))?,
             AnyRequest::SetAttr(r) => {
-                respond::<SetAttr>(conn, id, store.set_attr(u, &r).map(|attr| SetAttrRes { attr }))?
+                let still_wanted = || conn.peer_is_there();
+                let res = store.set_attr(u, &r, &still_wanted).map(|attr| SetAttrRes { attr });
+                respond::<SetAttr>(conn, id, res)?
             }
             AnyRequest::Symlink(r) => {
                 respond::<Symlink>(conn, id, store.symlink(u, &r).map(|attr| SymlinkRes { attr }))?

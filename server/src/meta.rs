@@ -1152,15 +1152,18 @@ impl Meta {
     }
 
     /// Discards an unfinished physical file whose bytes failed verification (or a half-made one), with every
-    /// upload bound to it. A complete one is never touched: its id is released only if the row went.
+    /// upload bound to it. A complete one is never touched. Its id is released (its blob to be removed) when the row
+    /// went now, or was gone already (then the blob, if any, belongs to nobody): never while the row is complete.
     pub fn discard_pfile(&mut self, pfile_id: i64) -> Result<Released> {
         let tx = self.write()?;
-        let gone = tx.run("DELETE FROM pfiles WHERE id = ? AND complete = 0", [pfile_id])? == 1;
-        if gone {
+        let complete: Option<bool> =
+            tx.one("SELECT complete FROM pfiles WHERE id = ?", [pfile_id], |r| r.get(0)).optional()?;
+        if complete == Some(false) {
+            tx.run("DELETE FROM pfiles WHERE id = ?", [pfile_id])?;
             tx.run("DELETE FROM uploads WHERE pfile_id = ?", [pfile_id])?;
         }
         tx.commit()?;
-        Ok(if gone { vec![pfile_id] } else { Vec::new() })
+        Ok(if complete == Some(true) { Vec::new() } else { vec![pfile_id] })
     }
 
     /// Sealing (`seal_in`) and [`Meta::set_content`] in one transaction: content built on the server (a resized
@@ -1638,7 +1641,9 @@ fn place_content(
     if let Some(p) = content.pfile_id {
         // Only a complete physical file may be referenced; it may have been released since it was looked up.
         if conn.run("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {
-            return fail(ErrorCode::Io, "the content was released meanwhile; retry");
+            // A race, never a client's mistake nor a failure of the server (each caller today checks, in this
+            // same transaction, that the content is complete, so it cannot happen there).
+            return Err(crate::error::Error::Race("the content was released meanwhile"));
         }
     }
     match lookup(conn, parent, name)? {

@@ -70,6 +70,8 @@ pub struct ServerOpts {
     pub durability: Option<&'static str>,
     /// Serve this data directory (e.g. one on a small tmpfs) instead of a fresh one in the server's temporary directory.
     pub data_dir: Option<PathBuf>,
+    /// `--reserve-mib`: disk space uploads leave free.
+    pub reserve_mib: Option<u64>,
 }
 
 impl ServerOpts {
@@ -95,6 +97,10 @@ impl ServerOpts {
     }
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+    pub fn reserve_mib(mut self, mib: u64) -> Self {
+        self.reserve_mib = Some(mib);
         self
     }
 }
@@ -260,6 +266,9 @@ impl Server {
         }
         if let Some(level) = opts.durability {
             cmd.arg("--durability").arg(level);
+        }
+        if let Some(mib) = opts.reserve_mib {
+            cmd.arg("--reserve-mib").arg(mib.to_string());
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));

@@ -84,6 +84,28 @@ fn shell_tools_behave_as_on_a_local_disk() {
     assert_eq!(second.sh_ok("cat s.txt"), "hello there\n");
 }
 
+/// pjdfstest truncate/12 and ftruncate/12 (the C suite): a size past the largest file is EFBIG, on a closed file
+/// (the server decides) and on an open one (the mount's staged copy decides), and the file keeps its size.
+#[test]
+fn a_truncate_past_the_largest_file_is_efbig() {
+    let f = fixture();
+    let m = &f.mount;
+    m.sh_ok("printf abcd > f");
+    for size in ["999999999999999999", "17592186044417"] {
+        let closed = m.sh(&format!("perl -e 'truncate(\"f\", {size}) or die \"$!\\n\"'"));
+        let open = m.sh(&format!("perl -e 'open(my $h, \"+<\", \"f\") or die; truncate($h, {size}) or die \"$!\\n\"'"));
+        for (what, out) in [("truncate", closed), ("ftruncate", open)] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("File too large"),
+                "{what} to {size}: {err}\n{}",
+                m.log_tail()
+            );
+        }
+        assert_eq!(m.sh_ok("stat -c %s f && cat f"), "4\nabcd", "the file changed");
+    }
+}
+
 #[test]
 fn deleted_files_never_come_back() {
     let f = fixture();

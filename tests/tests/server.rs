@@ -15,6 +15,8 @@ mod auth;
 mod dedup;
 #[path = "server/depth.rs"]
 mod depth;
+#[path = "server/errno.rs"]
+mod errno;
 #[path = "server/frames.rs"]
 mod frames;
 #[path = "server/fsck.rs"]
@@ -27,6 +29,8 @@ mod late;
 mod listing;
 #[path = "server/process.rs"]
 mod process;
+#[path = "server/resize.rs"]
+mod resize;
 #[path = "server/security.rs"]
 mod security;
 #[path = "server/sessions.rs"]

@@ -7,16 +7,19 @@
 //! transaction reported released: the frame handler cannot forget a removal, nor remove content someone holds.
 
 mod proof;
+mod resize;
 mod upload;
+
+pub use resize::check_file_size;
 
 use std::fs::File;
 use std::path::PathBuf;
 
 use netdisk_protocol::*;
 
-use crate::blobs::{self, Blobs, Durability};
+use crate::blobs::{Blobs, Durability};
 use crate::error::{fail, Result};
-use crate::meta::{Content, Identity, Meta, NewFile, Released, User};
+use crate::meta::{Meta, Released, User};
 use crate::users;
 
 pub use proof::Random;
@@ -212,51 +215,13 @@ impl Store {
         self.meta.mknod(user, &r.path, r.kind, r.mode, r.rdev, r.owner)
     }
 
-    pub fn set_attr(&mut self, user: &User, r: &SetAttr) -> Result<Attr> {
+    /// Changes attributes; a new size gives the file new content (`resize`). `still_wanted` says whether the
+    /// client still waits for the answer: a long resize stops when it hung up, and then changes nothing.
+    pub fn set_attr(&mut self, user: &User, r: &SetAttr, still_wanted: &dyn Fn() -> bool) -> Result<Attr> {
         if let Some(size) = r.size {
-            self.truncate(user, &r.path, size)?;
+            resize::resize(&mut self.meta, &self.blobs, &self.proof_salt, user, &r.path, size, still_wanted)?;
         }
         self.meta.set_attr(user, r)
-    }
-
-    /// Gives a regular file new content: its first `size` bytes, zero-filled past the old end.
-    fn truncate(&mut self, user: &User, path: &str, size: u64) -> Result<()> {
-        let (attr, old) = self.meta.file_content(user, path)?;
-        if size == attr.size {
-            return Ok(());
-        }
-        self.meta.check_quota(user, path, size)?;
-        let keep = NewFile { mode: attr.mode, owner: Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
-        if size == 0 {
-            let (_, released) = self.meta.set_content(user, path, Content { pfile_id: None, size: 0 }, keep)?;
-            self.release(released);
-            return Ok(());
-        }
-        let pfile = self.meta.new_pfile(user, Identity { md5: "", sha256: None, size }, self.chunk_size)?;
-        let placed = (|| -> Result<Released> {
-            let dest = self.blobs.open_for_upload(pfile.id, size)?;
-            let source = old.map(|p| self.blobs.open_read(p)).transpose()?;
-            blobs::write_resized(&dest, source.as_ref(), attr.size, size)?;
-            self.blobs.sync_all(&dest)?;
-            let hashes = blobs::hash_file(&dest, size, &self.proof_salt)?;
-            // Sealed and placed in one transaction: never complete without a holder.
-            let (_, released) = self
-                .meta
-                .seal_and_set_content(user, path, pfile.id, &hashes, keep)?
-                .ok_or_else(|| WireError::new(ErrorCode::Io, "the resized content vanished; retry"))?;
-            Ok(released)
-        })();
-        match placed {
-            Ok(released) => {
-                self.release(released);
-                Ok(())
-            }
-            Err(e) => {
-                let released = self.meta.discard_pfile(pfile.id)?;
-                self.release(released);
-                Err(e)
-            }
-        }
     }
 }
 

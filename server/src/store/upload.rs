@@ -20,6 +20,8 @@ use crate::meta::{Content, Identity, NewFile, PFile, Upload, User, EMPTY_MD5};
 
 /// Most chunks hashed from disk between two saves of a running hash.
 const HASH_CHUNKS_PER_SAVE: u32 = 8;
+/// Times a small file is stored when something keeps releasing its physical file before it is sealed.
+const RACE_ATTEMPTS: u32 = 3;
 
 /// A small file's bytes being received whole, into a physical file of their own.
 pub struct InlineUpload {
@@ -100,6 +102,7 @@ impl Store {
     }
 
     pub fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
+        super::check_file_size(r.size)?;
         check_md5(&r.md5)?;
         check_sha256(r.sha256.as_deref())?;
         components(&r.path)?;
@@ -212,6 +215,7 @@ impl Store {
     /// file of their own, with its disk space claimed. (Content held already is found by the seal, which then keeps
     /// the copy it has.)
     pub fn begin_inline(&mut self, user: &User, r: UploadFile, payload_len: u32) -> Result<InlineUpload> {
+        super::check_file_size(r.size)?;
         check_md5(&r.md5)?;
         check_sha256(r.sha256.as_deref())?;
         components(&r.path)?;
@@ -235,17 +239,55 @@ impl Store {
     /// The small file's bytes were received (or not): checked against its md5 and SHA-256, synced, sealed and
     /// placed, in one round trip. Whatever goes wrong, its half-made physical file goes too.
     pub fn land_inline(&mut self, user: &User, inline: InlineUpload, received: Received) -> Result<UploadFileRes> {
-        let result = match received {
+        let mut result = match received {
             Received::All => self.seal_inline(user, &inline),
             Received::Failed(e) => Err(Error::Io(e)),
             Received::ConnectionLost => fail(ErrorCode::Io, "the connection ended before the file's bytes"),
         };
+        let mut attempt = 1;
+        let mut inline = inline;
+        while let Err(Error::Race(why)) = result {
+            // Its physical file was released before it was sealed (a server starting on the directory reclaims
+            // what it finds unbound): the bytes, still in the open file, are stored again, a few times at most.
+            let released = self.meta.discard_pfile(inline.pfile.id)?;
+            self.release(released);
+            if attempt >= RACE_ATTEMPTS {
+                return Err(Error::Race(why));
+            }
+            attempt += 1;
+            tracing::debug!(why, attempt, "a small file raced; storing it again");
+            inline = self.store_inline_again(user, inline)?;
+            result = self.seal_inline(user, &inline);
+        }
         match result {
             Ok(attr) => Ok(self.instant(user, &inline.request.path, attr)),
             Err(e) => {
                 let released = self.meta.discard_pfile(inline.pfile.id)?;
                 self.release(released);
                 Err(e)
+            }
+        }
+    }
+
+    /// The bytes of `old` in a new physical file of their own.
+    fn store_inline_again(&mut self, user: &User, old: InlineUpload) -> Result<InlineUpload> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; old.pfile.size as usize];
+        old.file.read_exact_at(&mut bytes, 0)?;
+        let r = old.request;
+        let pfile = self.meta.new_pfile(user, identity(&r), self.chunk_size)?;
+        let stored = (|| {
+            let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
+            self.blobs.claim(&file, 0, pfile.size)?;
+            file.write_all_at(&bytes, 0)?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        match stored {
+            Ok(file) => Ok(InlineUpload { request: r, pfile, file }),
+            Err(e) => {
+                let released = self.meta.discard_pfile(pfile.id)?;
+                self.release(released);
+                Err(e.into())
             }
         }
     }
@@ -260,7 +302,7 @@ impl Store {
         let (attr, released) = self
             .meta
             .seal_and_place(user, &r.path, pfile.id, &hashes, pfile.size, new_file(r))?
-            .ok_or_else(|| WireError::new(ErrorCode::Io, "the stored file vanished; retry"))?;
+            .ok_or(Error::Race("the stored file vanished meanwhile"))?;
         self.release(released);
         tracing::info!(path = %r.path, md5 = %r.md5, size = pfile.size, "upload complete (sent whole)");
         Ok(attr)
