@@ -191,3 +191,39 @@ fn small_files_are_challenged_too() {
     assert_eq!(b.read_file("/s").expect("download"), small);
     server.assert_fsck_clean();
 }
+
+/// Not a test but a measurement (no timing belongs in a test): how long a wrong `ProveOwnership` takes for content
+/// another user holds and for content nobody holds, interleaved, 200 of each, each content challenged once.
+/// `cargo test -p netdisk-e2e --test server -- --ignored proof_timing --nocapture`
+#[test]
+#[ignore = "a measurement: prints figures"]
+fn proof_timing() {
+    use std::time::{Duration, Instant};
+    let server = server_with_alice_and_bob(ServerOpts::default());
+    let tries = 200;
+    let held: Vec<Vec<u8>> = (0..tries).map(|i| random_bytes(1000 + i, 70_000)).collect();
+    let unheld: Vec<Vec<u8>> = (0..tries).map(|i| random_bytes(5000 + i, 70_000)).collect();
+    let mut a = alice(&server);
+    for (i, data) in held.iter().enumerate() {
+        a.upload(&format!("/h{i}"), data, 0o644).expect("alice uploads");
+    }
+    let mut b = bob(&server);
+    let mut time_wrong_proof = |path: &str, data: &[u8]| -> Duration {
+        let (challenge_id, _) = challenge(&mut b, path, data);
+        let proof = "0".repeat(64);
+        let started = Instant::now();
+        assert_ordinary(b.call(&ProveOwnership { challenge_id, proof }).expect("prove"), "a wrong proof");
+        started.elapsed()
+    };
+    let (mut t_held, mut t_unheld) = (Vec::new(), Vec::new());
+    for i in 0..tries as usize {
+        t_held.push(time_wrong_proof(&format!("/h{i}"), &held[i]));
+        t_unheld.push(time_wrong_proof(&format!("/u{i}"), &unheld[i]));
+    }
+    let summary = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() / 10], v[v.len() * 9 / 10])
+    };
+    let (h, u) = (summary(&mut t_held), summary(&mut t_unheld));
+    println!("wrong ProveOwnership, {tries} each: held median {:?} (p10 {:?}, p90 {:?}); not held median {:?} (p10 {:?}, p90 {:?})", h.0, h.1, h.2, u.0, u.1, u.2);
+}
