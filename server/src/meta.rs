@@ -1049,7 +1049,8 @@ impl Meta {
     ) -> Result<Option<(i64, Released)>> {
         let pfile_id = pfile.id;
         let tx = self.write()?;
-        let live = tx.run("UPDATE pfiles SET touched = ? WHERE id = ? AND complete = 0", params![now().sec, pfile_id])?;
+        let live =
+            tx.run("UPDATE pfiles SET touched = ? WHERE id = ? AND complete = 0", params![now().sec, pfile_id])?;
         if live == 0 {
             return Ok(None);
         }
@@ -1193,8 +1194,11 @@ impl Meta {
     pub fn expire_uploads(&mut self, cutoff: i64, limit: Option<u32>) -> Result<(Released, u64)> {
         let limit = limit.map_or(-1, i64::from);
         let sql = "SELECT id FROM pfiles WHERE complete = 0 AND touched < ? ORDER BY touched LIMIT ?";
-        let found: Vec<i64> =
-            self.conn.prepare_cached(sql)?.query_map(params![cutoff, limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let found: Vec<i64> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_map(params![cutoff, limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         if found.is_empty() {
             return Ok((Vec::new(), 0));
         }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Barrier};
 
 use netdisk_e2e::netdisk_protocol::client::{Client, ClientError};
 use netdisk_e2e::netdisk_protocol::{
-    chunk_crc, md5_hex, ownership_proof, ErrorCode, ProveOwnership, QueryChunk, SetAttr, UploadChunk, UploadFile, UploadFileRes,
-    MAX_FILE_SIZE,
+    chunk_crc, md5_hex, ownership_proof, ErrorCode, ProveOwnership, QueryChunk, SetAttr, UploadChunk, UploadFile,
+    UploadFileRes, MAX_FILE_SIZE,
 };
 use netdisk_e2e::tmpfs::Tmpfs;
 use netdisk_e2e::{code_of, expect_code, random_bytes, store, Server, ServerOpts};
@@ -33,7 +33,9 @@ fn start(c: &mut Client<TcpStream>, path: &str, data: &[u8]) -> Result<Started, 
         answer = c.call(&ProveOwnership { challenge_id: *challenge_id, proof: ownership_proof(&tag, nonce) })?;
     }
     match answer {
-        UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => Ok(Started { upload_id, chunk_size, chunk_count }),
+        UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
+            Ok(Started { upload_id, chunk_size, chunk_count })
+        }
         other => panic!("an upload of new content to {path} was answered {other:?}"),
     }
 }
