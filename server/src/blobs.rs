@@ -58,6 +58,11 @@ impl Blobs {
         Ok(vfs.blocks_available() as u64 * vfs.fragment_size() as u64)
     }
 
+    /// A measure of the disk for admissions (`meta::Room`): the bytes available beyond the reserve.
+    pub fn room(&self) -> impl Fn() -> io::Result<u64> + '_ {
+        move || Ok(self.available()?.saturating_sub(self.reserve))
+    }
+
     /// Claims the disk space of `len` bytes at `offset` of a blob before any byte of them is received, so that a
     /// full disk refuses a chunk at once (ENOSPC) instead of in the middle of its transfer, and so that uploads
     /// never take the last [reserve](Blobs::with_reserve) of the disk: that much stays free for the metadata,

@@ -30,6 +30,8 @@ pub struct Config {
     pub durability: crate::blobs::Durability,
     /// Bytes of the disk that uploads leave free (for the metadata).
     pub reserve: u64,
+    /// How long an unfinished upload may make no progress before it is reclaimed.
+    pub upload_expiry: Duration,
     /// The data directory's lock (recovery.rs): held by the parent only, so it ends with the parent.
     pub lock_fd: std::os::fd::RawFd,
 }
@@ -252,7 +254,8 @@ fn open_session(config: &Config) -> Option<Session> {
         config.durability,
         config.reserve,
         config.timeouts.stall,
-    );
+    )
+    .upload_expiry(config.upload_expiry);
     match Session::new(meta, &settings) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -59,6 +59,11 @@ enum Command {
         /// still delete files [default: 5% of the disk, at most 64].
         #[arg(long, value_name = "MIB")]
         reserve_mib: Option<u64>,
+        /// Hours an unfinished upload may make no progress (no chunk, no resume) before it is reclaimed: its
+        /// stored chunks deleted, its reservation of quota and disk given back; its client then starts anew.
+        /// Fractions allowed (0.5 is 30 minutes).
+        #[arg(long, value_name = "HOURS", default_value_t = 72.0)]
+        upload_expiry: f64,
     },
     /// Check a data directory for damage and report every problem found (read-only; safe while a server runs).
     ///
@@ -208,8 +213,13 @@ fn main() -> anyhow::Result<()> {
             chunk_size,
             durability,
             reserve_mib,
+            upload_expiry,
             ..
         } => {
+            if !(upload_expiry.is_finite() && upload_expiry > 0.0 && upload_expiry < 1e7) {
+                bail!("--upload-expiry must be a positive number of hours");
+            }
+            let upload_expiry = Duration::from_secs_f64(upload_expiry * 3600.0);
             if !(netdisk_protocol::MIN_CHUNK_SIZE..=netdisk_protocol::MAX_CHUNK_SIZE).contains(&chunk_size) {
                 bail!(
                     "--chunk-size must be between {} and {}",
@@ -223,7 +233,7 @@ fn main() -> anyhow::Result<()> {
             prepare_data_dir(&data)?;
             // One server per data directory; then what a crash left can be cleared before anyone connects.
             let lock = recovery::lock(&data)?;
-            recovery::reclaim(&data, durability)?;
+            recovery::reclaim(&data, durability, upload_expiry)?;
             let reserve = match reserve_mib {
                 Some(mib) => mib << 20,
                 None => blobs::default_reserve(&data)
@@ -240,7 +250,16 @@ fn main() -> anyhow::Result<()> {
                 Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
             let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&*lock);
             listener::serve(
-                listener::Config { data_dir: data, max_children, chunk_size, timeouts, durability, reserve, lock_fd },
+                listener::Config {
+                    data_dir: data,
+                    max_children,
+                    chunk_size,
+                    timeouts,
+                    durability,
+                    reserve,
+                    upload_expiry,
+                    lock_fd,
+                },
                 listener,
             )
         }

@@ -44,7 +44,7 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -176,6 +176,29 @@ CREATE TABLE settings (
 ) WITHOUT ROWID;
 INSERT INTO settings (name, value) VALUES ('proof_salt', randomblob(32));
 ";
+
+/// Version 5: unfinished uploads expire. `touched` is when an unfinished physical file last made progress (created,
+/// bound to an upload, a chunk recorded), in seconds since the epoch; one untouched for longer than the server's
+/// `--upload-expiry` is reclaimed with its uploads ([`Meta::expire_uploads`]). The partial index keeps both that
+/// search and the sums of reservations ([`admit`]) to the unfinished rows.
+const SCHEMA_V5: &str = "
+ALTER TABLE pfiles ADD COLUMN touched INTEGER NOT NULL DEFAULT 0;
+UPDATE pfiles SET touched = created WHERE complete = 0;
+CREATE INDEX pfiles_unfinished ON pfiles(touched) WHERE complete = 0;
+";
+
+/// Most chunks a physical file may have: its chunk map (one bit each, rewritten as chunks are recorded) stays at
+/// most 512 KiB. With the default 4 MiB chunks that is `MAX_FILE_SIZE` (16 TiB).
+pub const MAX_CHUNKS: u64 = 1 << 22;
+
+/// Where an upload's declared size is measured against the disk: the bytes free beyond the reserve, asked for
+/// inside the admission's transaction (so admissions one after the other each see the space the others took).
+pub struct Room<'a>(pub &'a dyn Fn() -> std::io::Result<u64>);
+
+impl Room<'_> {
+    /// No limit from the disk (tests of the metadata alone).
+    pub const UNLIMITED: Room<'static> = Room(&|| Ok(u64::MAX));
+}
 
 pub fn now() -> Timespec {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -419,6 +442,9 @@ impl Meta {
         if version < 4 {
             tx.execute_batch(SCHEMA_V4)?;
         }
+        if version < 5 {
+            tx.execute_batch(SCHEMA_V5)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -640,28 +666,11 @@ impl Meta {
     }
 
     /// Refuses a change that would take `user` past their quota: `path` (a regular file, or nothing yet)
-    /// getting `new_size` bytes. Usage is the sum of the sizes of the user's regular files (a hard link counts
-    /// once; content shared by deduplication counts for each holder).
+    /// getting `new_size` bytes (see [`check_quota_in`]). A look before the work (outside any transaction): what
+    /// decides is the same check inside the transaction that creates the upload or places the content.
     pub fn check_quota(&self, user: &User, path: &str, new_size: u64) -> Result<()> {
-        let quota: Option<i64> = self.conn.one("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
-        let Some(quota) = quota.map(|q| q as u64) else { return Ok(()) };
-        let used: i64 = self.conn.one(
-            "SELECT coalesce(sum(size), 0) FROM nodes WHERE user_id = ? AND kind = ?",
-            params![user.id, kind_to_int(NodeKind::File)],
-            |r| r.get(0),
-        )?;
-        let old = match self.stat(user, path) {
-            Ok(attr) if attr.kind == NodeKind::File => attr.size,
-            _ => 0,
-        };
-        let after = (used as u64).saturating_sub(old).saturating_add(new_size);
-        if new_size > old && after > quota {
-            return fail(
-                ErrorCode::QuotaExceeded,
-                format!("over quota: {after} bytes would be used, the quota is {quota}"),
-            );
-        }
-        Ok(())
+        let old = file_size_at(&self.conn, user, path)?;
+        check_quota_in(&self.conn, user, path, old, new_size, None)
     }
 
     // ---- changing the tree ----
@@ -992,15 +1001,25 @@ impl Meta {
         Ok(())
     }
 
-    /// Creates an incomplete physical file owned by this user's upload.
-    pub fn new_pfile(&mut self, user: &User, id: Identity<'_>, chunk_size: u32) -> Result<PFile> {
+    /// Creates an incomplete physical file of this user's, whose content is to go to `path` (a small file sent
+    /// whole, a truncate's new content), once admitted against the quota and the disk ([`admit`]).
+    pub fn new_pfile(
+        &mut self,
+        user: &User,
+        path: &str,
+        id: Identity<'_>,
+        chunk_size: u32,
+        room: &Room<'_>,
+    ) -> Result<PFile> {
         let tx = self.write()?;
+        admit(&tx, user, path, id.size, None, room)?;
         let pfile = insert_pfile(&tx, user, id, chunk_size)?;
         tx.commit()?;
         Ok(pfile)
     }
 
-    /// A new upload of new content to `path`, in one transaction: its physical file and the upload record.
+    /// A new upload of new content to `path`, in one transaction: its admission against the quota and the disk
+    /// ([`admit`]), its physical file and the upload record.
     pub fn new_upload(
         &mut self,
         user: &User,
@@ -1008,8 +1027,10 @@ impl Meta {
         id: Identity<'_>,
         chunk_size: u32,
         new: NewFile,
+        room: &Room<'_>,
     ) -> Result<(PFile, i64, Released)> {
         let tx = self.write()?;
+        admit(&tx, user, path, id.size, None, room)?;
         let pfile = insert_pfile(&tx, user, id, chunk_size)?;
         let (upload_id, released) = record_upload(&tx, user, path, pfile.id, new)?;
         tx.commit()?;
@@ -1017,11 +1038,26 @@ impl Meta {
     }
 
     /// Records (or replaces) this user's upload to `path`. A replaced upload's unfinished file is released if nothing else uses it.
-    pub fn upsert_upload(&mut self, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
+    /// The physical file keeps the disk space it reserved; `path` is admitted against the quota ([`admit`]).
+    /// `None` when that physical file is no longer unfinished (it expired, or was sealed or discarded meanwhile).
+    pub fn upsert_upload(
+        &mut self,
+        user: &User,
+        path: &str,
+        pfile: &PFile,
+        new: NewFile,
+    ) -> Result<Option<(i64, Released)>> {
+        let pfile_id = pfile.id;
         let tx = self.write()?;
+        let live =
+            tx.run("UPDATE pfiles SET touched = ? WHERE id = ? AND complete = 0", params![now().sec, pfile_id])?;
+        if live == 0 {
+            return Ok(None);
+        }
+        admit(&tx, user, path, pfile.size, Some(pfile_id), &Room::UNLIMITED)?;
         let result = record_upload(&tx, user, path, pfile_id, new)?;
         tx.commit()?;
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// Forgets this user's unfinished upload to `path` (the path got its content another way), releasing its
@@ -1074,8 +1110,8 @@ impl Meta {
             pfile.chunk_map[index as usize / 8] |= 1 << (index % 8);
             pfile.chunks_uploaded += 1;
             tx.run(
-                "UPDATE pfiles SET chunk_map = ?, chunks_uploaded = ? WHERE id = ?",
-                params![pfile.chunk_map, pfile.chunks_uploaded, pfile_id],
+                "UPDATE pfiles SET chunk_map = ?, chunks_uploaded = ?, touched = ? WHERE id = ?",
+                params![pfile.chunk_map, pfile.chunks_uploaded, now().sec, pfile_id],
             )?;
         }
         if !pfile.complete && pfile.hashed_chunks == index {
@@ -1149,6 +1185,42 @@ impl Meta {
         }
         tx.commit()?;
         Ok(orphans)
+    }
+
+    /// Reclaims at most `limit` unfinished physical files (all, with `None`) that made no progress since `cutoff`
+    /// (seconds since the epoch), with every upload bound to them: uploads their clients left. A client coming
+    /// back to one gets `UnknownUpload` and starts anew. Returns the released ids (their blobs go after the
+    /// commit) and the bytes their recorded chunks held. Looks first without writing: most calls find nothing.
+    pub fn expire_uploads(&mut self, cutoff: i64, limit: Option<u32>) -> Result<(Released, u64)> {
+        let limit = limit.map_or(-1, i64::from);
+        let sql = "SELECT id FROM pfiles WHERE complete = 0 AND touched < ? ORDER BY touched LIMIT ?";
+        let found: Vec<i64> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_map(params![cutoff, limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if found.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let tx = self.write()?;
+        let (mut released, mut written) = (Vec::new(), 0u64);
+        for id in found {
+            // Looked at again inside the transaction: a chunk may have been recorded meanwhile.
+            let row: Option<(i64, i64, i64)> = tx
+                .one(
+                    "SELECT size, chunk_size, chunks_uploaded FROM pfiles WHERE id = ? AND complete = 0 AND touched < ?",
+                    params![id, cutoff],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((size, chunk_size, chunks)) = row else { continue };
+            tx.run("DELETE FROM uploads WHERE pfile_id = ?", [id])?;
+            tx.run("DELETE FROM pfiles WHERE id = ?", [id])?;
+            written += (chunks as u64).saturating_mul(chunk_size as u64).min(size as u64);
+            released.push(id);
+        }
+        tx.commit()?;
+        Ok((released, written))
     }
 
     /// Discards an unfinished physical file whose bytes failed verification (or a half-made one), with every
@@ -1338,15 +1410,119 @@ fn place_upload(conn: &Connection, user: &User, upload: &Upload, pfile_id: i64) 
 
 fn insert_pfile(conn: &Connection, user: &User, identity: Identity<'_>, chunk_size: u32) -> Result<PFile> {
     let Identity { md5, sha256, size } = identity;
-    let total = size.div_ceil(chunk_size as u64);
-    let total = u32::try_from(total).or_else(|_| fail(ErrorCode::Invalid, "file too large for this chunk size"))?;
+    let total = check_chunk_count(size, chunk_size)?;
     let map = vec![0u8; (total as usize).div_ceil(8)];
+    let t = now().sec;
     conn.run(
-        "INSERT INTO pfiles (md5, sha256, size, chunk_size, total_chunks, chunk_map, uploader, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        params![md5, sha256, size as i64, chunk_size, total, map, user.id, now().sec],
+        "INSERT INTO pfiles (md5, sha256, size, chunk_size, total_chunks, chunk_map, uploader, created, touched)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![md5, sha256, size as i64, chunk_size, total, map, user.id, t, t],
     )?;
     let id = conn.last_insert_rowid();
     Ok(conn.one(&format!("SELECT {PFILE_COLUMNS} FROM pfiles WHERE id = ?"), [id], pfile_from_row)?)
+}
+
+/// Refuses a size of more than [`MAX_CHUNKS`] chunks of `chunk_size` (`FileTooBig`); else the chunk count.
+pub fn check_chunk_count(size: u64, chunk_size: u32) -> Result<u32> {
+    let total = size.div_ceil(chunk_size.max(1) as u64);
+    if total > MAX_CHUNKS {
+        return fail(
+            ErrorCode::FileTooBig,
+            format!("{size} bytes: files are at most {MAX_CHUNKS} chunks of {chunk_size} bytes here"),
+        );
+    }
+    Ok(total as u32)
+}
+
+/// The size of the regular file at `path` (0 when there is none, or something else is there).
+fn file_size_at(conn: &Connection, user: &User, path: &str) -> Result<u64> {
+    match resolve(conn, user, path) {
+        Ok(node) if node.kind == NodeKind::File => {
+            Ok(conn.one("SELECT size FROM nodes WHERE id = ?", [node.id], |r| r.get::<_, i64>(0))? as u64)
+        }
+        Ok(_) => Ok(0),
+        Err(crate::error::Error::Wire(_)) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses (`QuotaExceeded`) `path` growing from `old` to `new_size` bytes when the user's usage would then pass
+/// their quota. Usage: the sizes of the user's regular files (a hard link counts once; content shared by
+/// deduplication counts for each holder) plus the declared size of each of their unfinished physical files
+/// (counted once however many uploads it has), except one that only uploads to `path` are bound to (the change
+/// replaces it) and `exclude` (the one the change is about). Shrinking is always allowed.
+fn check_quota_in(
+    conn: &Connection,
+    user: &User,
+    path: &str,
+    old: u64,
+    new_size: u64,
+    exclude: Option<i64>,
+) -> Result<()> {
+    if new_size <= old {
+        return Ok(());
+    }
+    let quota: Option<i64> = conn.one("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
+    let Some(quota) = quota.map(|q| q as u64) else { return Ok(()) };
+    let files: i64 = conn.one(
+        "SELECT coalesce(sum(size), 0) FROM nodes WHERE user_id = ? AND kind = ?",
+        params![user.id, kind_to_int(NodeKind::File)],
+        |r| r.get(0),
+    )?;
+    let reserved: i64 = conn.one(
+        "SELECT coalesce(sum(p.size), 0) FROM pfiles p
+         WHERE p.complete = 0 AND p.uploader = ?1 AND p.id IS NOT ?2
+           AND NOT (EXISTS (SELECT 1 FROM uploads u WHERE u.pfile_id = p.id AND u.user_id = ?1 AND u.path = ?3)
+                    AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.pfile_id = p.id
+                                    AND NOT (u.user_id = ?1 AND u.path = ?3)))",
+        params![user.id, exclude, path],
+        |r| r.get(0),
+    )?;
+    let after = (files as u64).saturating_sub(old).saturating_add(reserved as u64).saturating_add(new_size);
+    if after > quota {
+        let note = if reserved > 0 { format!(" ({reserved} of them by unfinished uploads)") } else { String::new() };
+        return fail(
+            ErrorCode::QuotaExceeded,
+            format!("over quota: {after} bytes would be used{note}, the quota is {quota}"),
+        );
+    }
+    Ok(())
+}
+
+/// Bytes that unfinished physical files (but `exclude`) have reserved on the disk and not written yet: each one's
+/// size less its recorded chunks.
+fn unwritten_reservations(conn: &Connection, exclude: Option<i64>) -> Result<u64> {
+    let n: i64 = conn.one(
+        "SELECT coalesce(sum(max(0, size - chunks_uploaded * chunk_size)), 0) FROM pfiles
+         WHERE complete = 0 AND id IS NOT ?",
+        [exclude],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
+/// Admits new content of `size` bytes for `path` of `user`, inside the transaction that creates its physical file
+/// (or binds `reuse`, an unfinished one of theirs, which keeps the disk space it reserved). Quota: see
+/// [`check_quota_in`]. Disk: `size` must fit in the free space beyond the reserve (`room`) less what other
+/// unfinished uploads have reserved and not written yet; else `NoSpace`. Decided in one IMMEDIATE transaction,
+/// so parallel uploads cannot all pass.
+fn admit(conn: &Connection, user: &User, path: &str, size: u64, reuse: Option<i64>, room: &Room<'_>) -> Result<()> {
+    let old = file_size_at(conn, user, path)?;
+    check_quota_in(conn, user, path, old, size, reuse)?;
+    if reuse.is_some() || size == 0 {
+        return Ok(());
+    }
+    let free = (room.0)()?;
+    let reserved = unwritten_reservations(conn, None)?;
+    let left = free.saturating_sub(reserved);
+    if size > left {
+        tracing::warn!(size, free, reserved, "disk full: refusing a new upload");
+        return fail(
+            ErrorCode::NoSpace,
+            format!("{size} bytes do not fit: {free} bytes free, {reserved} of them reserved by unfinished uploads"),
+        );
+    }
+    Ok(())
 }
 
 fn record_upload(conn: &Connection, user: &User, path: &str, pfile_id: i64, new: NewFile) -> Result<(i64, Released)> {
@@ -1638,6 +1814,9 @@ fn place_content(
     let (parent, name) = resolve_parent(conn, user, path)?;
     let t = now();
     let mtime = new.mtime.unwrap_or(t);
+    // Placing content never takes the user past their quota either (the file moved away from the path since
+    // its upload was admitted, say): its own reservation is gone (the physical file is complete by now).
+    check_quota_in(conn, user, path, file_size_at(conn, user, path)?, content.size, None)?;
     if let Some(p) = content.pfile_id {
         // Only a complete physical file may be referenced; it may have been released since it was looked up.
         if conn.run("UPDATE pfiles SET refs = refs + 1 WHERE id = ? AND complete = 1", [p])? == 0 {

@@ -9,6 +9,9 @@
 //! - a **leftover blob**: a file under `blobs/` whose row is gone: the release was committed, the process died
 //!   before it removed the file.
 //!
+//! It also reclaims **expired uploads**: unfinished physical files (with their uploads) that made no progress for
+//! longer than `--upload-expiry` (their clients left them; a running server reclaims a few at each new upload too).
+//!
 //! Decision: the server reclaims both when it starts, before it accepts a connection, and `fsck` keeps reporting
 //! them as problems (a leak that no crash explains must stay visible). So after a restart fsck is clean again;
 //! until then (a connection process killed alone, with the server still running) fsck names them.
@@ -18,6 +21,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
@@ -35,6 +39,8 @@ pub struct Reclaimed {
     pub orphans: usize,
     /// Blob files without a row removed.
     pub leftover_blobs: usize,
+    /// Unfinished uploads past their expiry reclaimed (physical files, with every upload bound to them).
+    pub expired: usize,
 }
 
 /// Takes the data directory's lock for as long as the returned value lives, with this process's pid written in
@@ -64,10 +70,14 @@ pub fn lock(data: &Path) -> anyhow::Result<Flock<File>> {
     Ok(lock)
 }
 
-/// Deletes the orphans and removes the leftover blobs a crash left. Call it holding [`lock`], before serving.
-pub fn reclaim(data: &Path, durability: Durability) -> anyhow::Result<Reclaimed> {
+/// Deletes the orphans and removes the leftover blobs a crash left, and the unfinished uploads that made no
+/// progress for longer than `upload_expiry`. Call it holding [`lock`], before serving.
+pub fn reclaim(data: &Path, durability: Durability, upload_expiry: Duration) -> anyhow::Result<Reclaimed> {
     let mut meta = Meta::open(&data.join("meta.db"))?;
     let blobs = Blobs::new(data, durability);
+    let cutoff = crate::meta::now().sec.saturating_sub(upload_expiry.as_secs() as i64);
+    let (expired, _) = meta.expire_uploads(cutoff, None).context("cannot reclaim expired uploads")?;
+    blobs.remove_all(&expired);
     let orphans = meta.reclaim_orphans().context("cannot delete orphan physical files")?;
     blobs.remove_all(&orphans);
     let mut leftover_blobs = 0;
@@ -79,8 +89,11 @@ pub fn reclaim(data: &Path, durability: Durability) -> anyhow::Result<Reclaimed>
             }
         }
     }
-    let reclaimed = Reclaimed { orphans: orphans.len(), leftover_blobs };
-    if reclaimed != Reclaimed::default() {
+    if !expired.is_empty() {
+        tracing::info!(uploads = expired.len(), "reclaimed unfinished uploads past their expiry");
+    }
+    let reclaimed = Reclaimed { orphans: orphans.len(), leftover_blobs, expired: expired.len() };
+    if reclaimed.orphans + reclaimed.leftover_blobs > 0 {
         tracing::warn!(
             orphans = reclaimed.orphans,
             leftover_blobs = reclaimed.leftover_blobs,
@@ -93,7 +106,7 @@ pub fn reclaim(data: &Path, durability: Durability) -> anyhow::Result<Reclaimed>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{Identity, NewFile};
+    use crate::meta::{Identity, NewFile, Room};
 
     #[test]
     fn reclaims_orphans_and_leftover_blobs_and_nothing_else() {
@@ -108,8 +121,9 @@ mod tests {
         // An upload in progress (resumable), an orphan (a small file's request that died), a blob whose row is gone.
         let (md5, sha256) = ("1".repeat(32), "1".repeat(64));
         let big = Identity { md5: &md5, sha256: Some(&sha256), size: 10_000 };
-        let (resumable, _, _) = meta.new_upload(&user, "/big", big, 4096, new).unwrap();
-        let orphan = meta.new_pfile(&user, Identity { md5: &"2".repeat(32), sha256: None, size: 100 }, 4096).unwrap();
+        let (resumable, _, _) = meta.new_upload(&user, "/big", big, 4096, new, &Room::UNLIMITED).unwrap();
+        let small = Identity { md5: &"2".repeat(32), sha256: None, size: 100 };
+        let orphan = meta.new_pfile(&user, "/small", small, 4096, &Room::UNLIMITED).unwrap();
         for p in [&resumable, &orphan] {
             blobs.open_for_upload(p.id, p.size).unwrap();
         }
@@ -121,7 +135,9 @@ mod tests {
         drop(meta);
 
         let _lock = lock(data).unwrap();
-        assert_eq!(reclaim(data, Durability::Normal).unwrap(), Reclaimed { orphans: 1, leftover_blobs: 1 });
+        let expiry = Duration::from_secs(3600);
+        let reclaimed = reclaim(data, Durability::Normal, expiry).unwrap();
+        assert_eq!(reclaimed, Reclaimed { orphans: 1, leftover_blobs: 1, expired: 0 });
         let meta = Meta::open(&data.join("meta.db")).unwrap();
         assert!(meta.pfile(resumable.id).unwrap().is_some() && blobs.path(resumable.id).exists());
         assert!(meta.pfile(orphan.id).unwrap().is_none() && !blobs.path(orphan.id).exists());
@@ -131,7 +147,7 @@ mod tests {
             "a file that is not named as a blob is fsck's to report, not the server's to delete"
         );
         // A second look finds nothing more.
-        assert_eq!(reclaim(data, Durability::Normal).unwrap(), Reclaimed::default());
+        assert_eq!(reclaim(data, Durability::Normal, expiry).unwrap(), Reclaimed::default());
     }
 
     #[test]

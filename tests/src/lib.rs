@@ -72,6 +72,8 @@ pub struct ServerOpts {
     pub data_dir: Option<PathBuf>,
     /// `--reserve-mib`: disk space uploads leave free.
     pub reserve_mib: Option<u64>,
+    /// `--upload-expiry`: hours after its last progress that an unfinished upload is reclaimed.
+    pub upload_expiry_hours: Option<f64>,
 }
 
 impl ServerOpts {
@@ -101,6 +103,10 @@ impl ServerOpts {
     }
     pub fn reserve_mib(mut self, mib: u64) -> Self {
         self.reserve_mib = Some(mib);
+        self
+    }
+    pub fn upload_expiry_hours(mut self, hours: f64) -> Self {
+        self.upload_expiry_hours = Some(hours);
         self
     }
 }
@@ -269,6 +275,9 @@ impl Server {
         }
         if let Some(mib) = opts.reserve_mib {
             cmd.arg("--reserve-mib").arg(mib.to_string());
+        }
+        if let Some(hours) = opts.upload_expiry_hours {
+            cmd.arg("--upload-expiry").arg(hours.to_string());
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));

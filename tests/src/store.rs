@@ -1,6 +1,7 @@
 //! A server's data directory seen from outside: its database opened read-only, to watch upload progress while
 //! the server runs (or after it was killed), and the path of a physical file's bytes.
-//! Nothing here writes: a test that changes a data directory does so through the server.
+//! Nothing here writes (a test that changes a data directory does so through the server), except
+//! [`age_unfinished`], which stands in for the passing of time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,4 +80,20 @@ pub fn blob_files(data: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Makes every unfinished physical file look as if its last progress was `secs` seconds earlier than recorded
+/// (`pfiles.touched`, schema version 5): the passing of time for upload expiry, without waiting. The one write
+/// here; safe beside a running server (WAL, one short transaction).
+pub fn age_unfinished(data: &Path, secs: i64) -> usize {
+    let db = data.join("meta.db");
+    let conn = Connection::open(&db).unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    conn.busy_timeout(Duration::from_secs(10)).expect("busy_timeout");
+    conn.execute("UPDATE pfiles SET touched = touched - ? WHERE complete = 0", [secs])
+        .unwrap_or_else(|e| panic!("age the unfinished uploads of {}: {e}", db.display()))
+}
+
+/// Bytes of the database with its WAL (`meta.db`, `meta.db-wal`).
+pub fn db_bytes(data: &Path) -> u64 {
+    ["meta.db", "meta.db-wal"].iter().filter_map(|f| std::fs::metadata(data.join(f)).ok()).map(|m| m.len()).sum()
 }

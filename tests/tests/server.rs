@@ -29,6 +29,8 @@ mod late;
 mod listing;
 #[path = "server/process.rs"]
 mod process;
+#[path = "server/quota.rs"]
+mod quota;
 #[path = "server/resize.rs"]
 mod resize;
 #[path = "server/security.rs"]

@@ -47,11 +47,14 @@ pub struct Settings {
     pub reserve: u64,
     /// How long a chunk waits for another connection receiving the same chunk (see `upload::begin_chunk`).
     pub lock_patience: std::time::Duration,
+    /// An unfinished upload that made no progress for this long is reclaimed (`--upload-expiry`).
+    pub upload_expiry: std::time::Duration,
 }
 
 impl Settings {
     /// Settings for a server whose connections time out after `stall` without progress: a chunk waits at most
-    /// half of that (and 10 s) for another connection receiving the same chunk.
+    /// half of that (and 10 s) for another connection receiving the same chunk. Unfinished uploads expire after
+    /// [`DEFAULT_UPLOAD_EXPIRY`] unless [`Settings::upload_expiry`] says otherwise.
     pub fn new(
         data_dir: PathBuf,
         chunk_size: u32,
@@ -60,9 +63,21 @@ impl Settings {
         stall: std::time::Duration,
     ) -> Settings {
         let lock_patience = (stall / 2).min(std::time::Duration::from_secs(10));
-        Settings { data_dir, chunk_size, durability, reserve, lock_patience }
+        Settings { data_dir, chunk_size, durability, reserve, lock_patience, upload_expiry: DEFAULT_UPLOAD_EXPIRY }
+    }
+
+    /// The same settings with unfinished uploads expiring after `expiry` without progress.
+    pub fn upload_expiry(mut self, expiry: std::time::Duration) -> Settings {
+        self.upload_expiry = expiry;
+        self
     }
 }
+
+/// How long an unfinished upload may make no progress before it is reclaimed, by default: 72 hours.
+pub const DEFAULT_UPLOAD_EXPIRY: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+
+/// Most expired uploads one admission reclaims (the rest wait for the next ones, or the next start).
+const EXPIRE_PER_ADMISSION: u32 = 16;
 
 /// The bytes a `Download` answer carries: `len` bytes of `file` from the requested offset.
 pub struct Outgoing {
@@ -77,6 +92,7 @@ pub struct Store {
     data_dir: PathBuf,
     chunk_size: u32,
     lock_patience: std::time::Duration,
+    upload_expiry: std::time::Duration,
     /// This store's proof salt: proof tags of its content are salted with it.
     proof_salt: Vec<u8>,
     challenges: proof::Challenges,
@@ -92,6 +108,7 @@ impl Store {
             data_dir: settings.data_dir.clone(),
             chunk_size: settings.chunk_size,
             lock_patience: settings.lock_patience,
+            upload_expiry: settings.upload_expiry,
             proof_salt,
             challenges: proof::Challenges::new(Random::Os),
         })
@@ -106,6 +123,18 @@ impl Store {
     /// Removes the blobs of physical files a committed transaction released.
     fn release(&self, released: Released) {
         self.blobs.remove_all(&released);
+    }
+
+    /// Reclaims a few unfinished uploads that made no progress for longer than the expiry, before an admission:
+    /// their blobs are gone before it measures the disk, so the space they held counts as free for it.
+    fn expire_some(&mut self) -> Result<()> {
+        let cutoff = crate::meta::now().sec.saturating_sub(self.upload_expiry.as_secs() as i64);
+        let (released, written) = self.meta.expire_uploads(cutoff, Some(EXPIRE_PER_ADMISSION))?;
+        if !released.is_empty() {
+            tracing::info!(uploads = released.len(), written, "reclaimed unfinished uploads past their expiry");
+            self.release(released);
+        }
+        Ok(())
     }
 
     // ---- users ----
@@ -219,6 +248,7 @@ impl Store {
     /// client still waits for the answer: a long resize stops when it hung up, and then changes nothing.
     pub fn set_attr(&mut self, user: &User, r: &SetAttr, still_wanted: &dyn Fn() -> bool) -> Result<Attr> {
         if let Some(size) = r.size {
+            self.expire_some()?;
             resize::resize(&mut self.meta, &self.blobs, &self.proof_salt, user, &r.path, size, still_wanted)?;
         }
         self.meta.set_attr(user, r)

@@ -11,7 +11,7 @@ use netdisk_protocol::{ErrorCode, MAX_CHUNK_SIZE, MAX_FILE_SIZE};
 
 use crate::blobs::{self, Blobs, RunningHash};
 use crate::error::{fail, Error, Result};
-use crate::meta::{Content, Identity, Meta, NewFile, Released, User};
+use crate::meta::{Content, Identity, Meta, NewFile, Released, Room, User};
 
 /// Times a resize runs again when a concurrent change undid what it looked up.
 const RACE_ATTEMPTS: u32 = 3;
@@ -71,7 +71,6 @@ fn resize_once(
     if size == attr.size {
         return Ok(());
     }
-    meta.check_quota(user, path, size)?;
     let keep_attrs =
         NewFile { mode: attr.mode, owner: netdisk_protocol::Owner { uid: attr.uid, gid: attr.gid }, mtime: None };
     if size == 0 {
@@ -79,15 +78,14 @@ fn resize_once(
         blobs.remove_all(&released);
         return Ok(());
     }
-    // The whole new size must fit beside the reserve: the kept bytes are claimed now, and a file whose zeros
-    // could never be filled is refused rather than promised.
-    let room = blobs.available()?.saturating_sub(blobs.reserve());
-    if size > room {
-        return fail(ErrorCode::NoSpace, format!("{size} bytes do not fit in the {room} bytes the server has free"));
-    }
+    // Admitted like an upload, against the quota and the disk: the whole new size must fit beside the reserve and
+    // the reservations of unfinished uploads (the kept bytes are claimed now, and a file whose zeros could never
+    // be filled is refused rather than promised).
     let keep = attr.size.min(size);
     // The largest chunk size keeps the (unused) chunk map of a file made here small.
-    let pfile = meta.new_pfile(user, Identity { md5: "", sha256: None, size }, MAX_CHUNK_SIZE)?;
+    let room = blobs.room();
+    let identity = Identity { md5: "", sha256: None, size };
+    let pfile = meta.new_pfile(user, path, identity, MAX_CHUNK_SIZE, &Room(&room))?;
     let target = Target { path, id: pfile.id, size, attrs: keep_attrs };
     match build_and_place(meta, blobs, proof_salt, user, target, (old, keep), still_wanted) {
         Ok(released) => {
@@ -186,7 +184,8 @@ mod tests {
         meta.add_user("ann", "hash").unwrap();
         let (user, _) = meta.user("ann").unwrap().unwrap();
         let blobs = Blobs::new(dir.path(), Durability::Normal);
-        let pfile = meta.new_pfile(&user, Identity { md5: "", sha256: None, size: data.len() as u64 }, 4096).unwrap();
+        let id = Identity { md5: "", sha256: None, size: data.len() as u64 };
+        let pfile = meta.new_pfile(&user, "/f", id, 4096, &Room::UNLIMITED).unwrap();
         let file = blobs.open_for_upload(pfile.id, data.len() as u64).unwrap();
         file.write_all_at(data, 0).unwrap();
         let h = blobs::hash_file(&file, data.len() as u64, b"salt").unwrap();

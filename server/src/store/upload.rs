@@ -16,7 +16,7 @@ use netdisk_protocol::*;
 use super::{check_md5, check_sha256, proof, Received, Store};
 use crate::blobs::{self, ChunkLock, RunningHash};
 use crate::error::{fail, Error, Result};
-use crate::meta::{Content, Identity, NewFile, PFile, Upload, User, EMPTY_MD5};
+use crate::meta::{Content, Identity, NewFile, PFile, Room, Upload, User, EMPTY_MD5};
 
 /// Most chunks hashed from disk between two saves of a running hash.
 const HASH_CHUNKS_PER_SAVE: u32 = 8;
@@ -103,6 +103,7 @@ impl Store {
 
     pub fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
         super::check_file_size(r.size)?;
+        crate::meta::check_chunk_count(r.size, self.chunk_size)?;
         check_md5(&r.md5)?;
         check_sha256(r.sha256.as_deref())?;
         components(&r.path)?;
@@ -131,8 +132,11 @@ impl Store {
         // One without a single stored chunk is offered the instant path again instead: meanwhile the content may
         // have become complete elsewhere.
         let own = self.meta.own_incomplete(user, identity(&r))?;
-        if let Some(pfile) = own.filter(|p| p.chunks_uploaded > 0) {
-            let (upload_id, released) = self.meta.upsert_upload(user, &r.path, pfile.id, new_file(&r))?;
+        let resumed = match own.filter(|p| p.chunks_uploaded > 0) {
+            Some(pfile) => self.meta.upsert_upload(user, &r.path, &pfile, new_file(&r))?.map(|bound| (pfile, bound)),
+            None => None,
+        };
+        if let Some((pfile, (upload_id, released))) = resumed {
             self.release(released);
             if pfile.chunks_uploaded == pfile.total_chunks {
                 // Every chunk is stored but the file was never sealed (a crash during verification): finish now.
@@ -178,12 +182,17 @@ impl Store {
     /// there is one, else a new one.
     fn ordinary_upload(&mut self, user: &User, req: &UploadFile) -> Result<UploadFileRes> {
         let new = new_file(req);
-        let (pfile, upload_id, released) = match self.meta.own_incomplete(user, identity(req))? {
-            Some(p) => {
-                let (upload_id, released) = self.meta.upsert_upload(user, &req.path, p.id, new)?;
-                (p, upload_id, released)
+        self.expire_some()?;
+        let resumed = match self.meta.own_incomplete(user, identity(req))? {
+            Some(p) => self.meta.upsert_upload(user, &req.path, &p, new)?.map(|(id, released)| (p, id, released)),
+            None => None,
+        };
+        let (pfile, upload_id, released) = match resumed {
+            Some(bound) => bound,
+            None => {
+                let room = self.blobs.room();
+                self.meta.new_upload(user, &req.path, identity(req), self.chunk_size, new, &Room(&room))?
             }
-            None => self.meta.new_upload(user, &req.path, identity(req), self.chunk_size, new)?,
         };
         self.release(released);
         Ok(UploadFileRes::Upload {
@@ -223,8 +232,9 @@ impl Store {
             return fail(ErrorCode::Invalid, format!("a file sent whole must be its {} bytes", r.size));
         }
         self.meta.check_file_target(user, &r.path)?;
-        self.meta.check_quota(user, &r.path, r.size)?;
-        let pfile = self.meta.new_pfile(user, identity(&r), self.chunk_size)?;
+        self.expire_some()?;
+        let room = self.blobs.room();
+        let pfile = self.meta.new_pfile(user, &r.path, identity(&r), self.chunk_size, &Room(&room))?;
         let opened = self.blobs.open_for_upload(pfile.id, pfile.size);
         match opened.and_then(|file| self.blobs.claim(&file, 0, pfile.size).map(|()| file)) {
             Ok(file) => Ok(InlineUpload { request: r, pfile, file }),
@@ -275,7 +285,8 @@ impl Store {
         let mut bytes = vec![0u8; old.pfile.size as usize];
         old.file.read_exact_at(&mut bytes, 0)?;
         let r = old.request;
-        let pfile = self.meta.new_pfile(user, identity(&r), self.chunk_size)?;
+        let room = self.blobs.room();
+        let pfile = self.meta.new_pfile(user, &r.path, identity(&r), self.chunk_size, &Room(&room))?;
         let stored = (|| {
             let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
             self.blobs.claim(&file, 0, pfile.size)?;
