@@ -183,6 +183,27 @@ fn copying_in_content_the_server_holds_sends_no_chunk() {
 }
 
 #[test]
+fn content_another_user_holds_is_proven_not_sent() {
+    // The mount hashes what is written with the server's proof salt, so its proof of content another user holds is
+    // right: nothing travels.
+    let f = fixture();
+    f.server.add_user("bea", "bea-pw");
+    let bea = Mount::start(&f.server, "bea", "bea-pw");
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src.bin");
+    write_file(&src, &random_bytes(4, 3 << 20));
+    f.mount.sh_ok(&format!("cp {} ann.bin", src.display()));
+    bea.sh_ok(&format!("cp {} bea.bin && cmp {} bea.bin", src.display(), src.display()));
+    let log = f.server.log();
+    assert!(
+        log.lines().any(|l| l.contains("instant upload (ownership proven)") && l.contains("path=/bea.bin")),
+        "bea's copy was not proven instant\n{}",
+        f.server.log_tail()
+    );
+    assert!(!log.contains("upload complete path=/bea.bin"), "bea's copy sent chunks");
+}
+
+#[test]
 fn mounting_fails_clearly_without_a_server_or_with_a_wrong_password() {
     // A port nobody listens on: bind one, then free it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
