@@ -78,7 +78,8 @@ struct Cli {
     #[arg(long)]
     daemon: bool,
     /// Mount options, comma-separated as in fstab: ro, rw, allow_other, uid=N, gid=N (the owner shown for every
-    /// file), any setting above as name=value (password_file=FILE, ...); default_permissions, _netdev, noauto,
+    /// file), suid and dev (honour setuid bits and device files from the store: off unless given, see SECURITY.md),
+    /// any setting above as name=value (password_file=FILE, ...); default_permissions, _netdev, noauto,
     /// nofail, x-systemd.* and the like are accepted and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -379,11 +380,22 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
     if settings.allow_other {
         options.acl = fuser::SessionACL::All;
     }
-    if nix::unistd::geteuid().is_root() {
+    let root = nix::unistd::geteuid().is_root();
+    if root {
         options.acl = fuser::SessionACL::All;
-        options.mount_options.push(fuser::MountOption::Dev);
-        options.mount_options.push(fuser::MountOption::Suid);
     }
+    // nosuid,nodev unless asked for (as the kernel forces for every mount by an unprivileged user): otherwise anyone
+    // who can write to the store could plant a setuid-root program or a device node on every machine mounting it.
+    if !root && (settings.suid || settings.dev) {
+        tracing::warn!("-o suid and -o dev need a mount by root: ignored");
+    }
+    let honour = |asked: bool| root && asked;
+    options.mount_options.push(if honour(settings.suid) {
+        fuser::MountOption::Suid
+    } else {
+        fuser::MountOption::NoSuid
+    });
+    options.mount_options.push(if honour(settings.dev) { fuser::MountOption::Dev } else { fuser::MountOption::NoDev });
     let session = fuser::Session::new(filesystem, &mountpoint, &options)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     netfs.on_kernel_attrs_stale(fuse::attr_invalidator(session.notifier()));

@@ -48,6 +48,9 @@ pub struct Given {
     pub allow_other: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// `-o suid` / `-o dev`: honour setuid/setgid bits and device files from the store (root mounts only).
+    pub suid: bool,
+    pub dev: bool,
 }
 
 /// The resolved settings of one mount.
@@ -70,6 +73,10 @@ pub struct Settings {
     pub allow_other: bool,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Honour setuid/setgid bits of files from the store (`-o suid`; off by default: `nosuid`).
+    pub suid: bool,
+    /// Honour device files from the store (`-o dev`; off by default: `nodev`).
+    pub dev: bool,
 }
 
 impl Given {
@@ -89,6 +96,12 @@ impl Given {
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
                 "allow_other" => self.allow_other = true,
+                // Whoever can write to the store (the owner from another machine, a stolen password, a fake server)
+                // chooses the modes and device numbers it serves: honouring them is an explicit choice.
+                "suid" => self.suid = true,
+                "nosuid" => self.suid = false,
+                "dev" => self.dev = true,
+                "nodev" => self.dev = false,
                 "uid" => self.uid = Some(number("uid")? as u32),
                 "gid" => self.gid = Some(number("gid")? as u32),
                 "config" => self.config = Some(need()?.into()),
@@ -114,10 +127,6 @@ impl Given {
                 | "defaults"
                 | "exec"
                 | "noexec"
-                | "suid"
-                | "nosuid"
-                | "dev"
-                | "nodev"
                 | "atime"
                 | "noatime"
                 | "relatime"
@@ -206,6 +215,8 @@ impl Given {
             allow_other: self.allow_other,
             uid: self.uid,
             gid: self.gid,
+            suid: self.suid,
+            dev: self.dev,
         })
     }
 }
@@ -269,6 +280,9 @@ mod tests {
         let local = Given::from_helper_args(&args(&["local:/srv/d", "/mnt/l", "-oro"])).unwrap();
         assert_eq!(local.local, Some(PathBuf::from("/srv/d")));
         assert!(local.read_only);
+        assert!(!g.suid && !g.dev, "setuid bits and devices from the store are off unless asked for");
+        let opted = Given::from_helper_args(&args(&["a@b:1", "/m", "-o", "suid,dev,nodev"])).unwrap();
+        assert!(opted.suid && !opted.dev, "the last of dev/nodev wins");
         assert!(Given::from_helper_args(&args(&["x@y:1", "/m", "-o", "bogus"])).is_err());
         assert!(Given::from_helper_args(&args(&["no-at-sign", "/m"])).is_err());
         assert!(Given::from_helper_args(&args(&["a@b:1"])).is_err());

@@ -182,6 +182,31 @@ fn copying_in_content_the_server_holds_sends_no_chunk() {
     assert!(!log.contains("upload complete path=/second.bin"), "the second copy sent chunks");
 }
 
+/// The options the kernel shows for the mount on `path` (its line in /proc/mounts).
+fn kernel_mount_options(path: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    let target = path.to_str().expect("a UTF-8 path");
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(target)).expect("the mount in /proc/mounts");
+    line.split(' ').nth(3).expect("options").split(',').map(str::to_string).collect()
+}
+
+#[test]
+fn a_root_mount_is_nosuid_and_nodev_unless_asked() {
+    // Whoever can write to the store chooses the modes and device numbers it serves: a setuid-root program or a
+    // device node from it must not work on the machine that mounts it, unless its admin says so.
+    let f = fixture();
+    f.mount.sh_ok("cp /bin/true planted && chmod 4755 planted && mknod dev c 1 1");
+    let options = kernel_mount_options(f.mount.path());
+    assert!(options.iter().any(|o| o == "nosuid") && options.iter().any(|o| o == "nodev"), "{options:?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(f.mount.join("planted")).unwrap().permissions());
+    assert_eq!(mode & 0o4000, 0o4000, "the bit is stored and shown, only not honoured");
+    // The admin's explicit choice.
+    let opted = Mount::start_with(&f.server, "ann", "pw", Mount::new_dir(), &["-o", "suid,dev"]);
+    let options = kernel_mount_options(opted.path());
+    assert!(!options.iter().any(|o| o == "nosuid" || o == "nodev"), "{options:?}");
+}
+
 #[test]
 fn content_another_user_holds_is_proven_not_sent() {
     // The mount hashes what is written with the server's proof salt, so its proof of content another user holds is
