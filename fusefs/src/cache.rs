@@ -1,5 +1,7 @@
 //! The read cache: downloaded blocks on local disk, keyed by content (md5 of the file and block index),
 //! so a cached block can never be stale; bounded in bytes, least recently used blocks go first.
+//! Architecture Invariant: a block's file name is built only from an md5 that is 32 lowercase hex digits (the md5
+//! comes from the server, which may be hostile: an "md5" such as `../../etc/x` must never become a path).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,6 +76,10 @@ impl Cache {
         if data.len() as u64 > self.limit {
             return;
         }
+        if !netdisk_protocol::is_md5_hex(md5) {
+            tracing::warn!(md5, "not caching a block named by something that is not an md5");
+            return;
+        }
         // Written under a temporary name and renamed: a reader never sees a partly written block.
         let path = self.file(md5, index);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -111,22 +117,41 @@ impl Cache {
 mod tests {
     use super::*;
 
+    const M: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_hostile_md5_never_becomes_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("blocks"), 1 << 20).unwrap();
+        let absolute = dir.path().join("absolute").display().to_string();
+        for md5 in ["../escaped".to_string(), absolute.clone(), "A".repeat(32), String::new()] {
+            cache.put(&md5, 0, b"server-chosen bytes");
+            assert!(!cache.contains(&md5, 0) && cache.read(&md5, 0, 0, 5).is_none(), "{md5:?} was cached");
+        }
+        // A block of `md5` would be named `md5-0`: neither escape took place.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["blocks"], "a block was written outside the cache");
+        assert!(!std::path::Path::new(&format!("{absolute}-0")).exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 0, "nothing in the cache");
+        assert_eq!(cache.used(), 0);
+    }
+
     #[test]
     fn a_block_written_again_is_never_read_half_written() {
         let dir = tempfile::tempdir().unwrap();
         let cache = std::sync::Arc::new(Cache::new(dir.path().join("blocks"), 1 << 30).unwrap());
         let block: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
-        cache.put("m", 0, &block);
+        cache.put(M, 0, &block);
         let writer = {
             let (cache, block) = (cache.clone(), block.clone());
             std::thread::spawn(move || {
                 for _ in 0..50 {
-                    cache.put("m", 0, &block);
+                    cache.put(M, 0, &block);
                 }
             })
         };
         for _ in 0..500 {
-            let part = cache.read("m", 0, 4096, 8192).expect("cached");
+            let part = cache.read(M, 0, 4096, 8192).expect("cached");
             assert_eq!(part, &block[4096..8192]);
         }
         writer.join().unwrap();
@@ -136,13 +161,14 @@ mod tests {
     fn evicts_least_recently_used_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path().join("blocks"), 10).unwrap();
-        cache.put("a", 0, b"12345");
-        cache.put("b", 0, b"12345");
-        assert_eq!(cache.read("a", 0, 0, 5).unwrap(), b"12345");
-        assert_eq!(cache.read("a", 0, 1, 3).unwrap(), b"23");
-        cache.put("c", 0, b"123");
-        assert!(!cache.contains("b", 0), "b was least recently used");
-        assert!(cache.contains("a", 0) && cache.contains("c", 0));
+        let (a, b, c) = (&"a".repeat(32), &"b".repeat(32), &"c".repeat(32));
+        cache.put(a, 0, b"12345");
+        cache.put(b, 0, b"12345");
+        assert_eq!(cache.read(a, 0, 0, 5).unwrap(), b"12345");
+        assert_eq!(cache.read(a, 0, 1, 3).unwrap(), b"23");
+        cache.put(c, 0, b"123");
+        assert!(!cache.contains(b, 0), "b was least recently used");
+        assert!(cache.contains(a, 0) && cache.contains(c, 0));
         assert!(cache.used() <= 10);
     }
 }
