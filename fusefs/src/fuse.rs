@@ -71,12 +71,13 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
+/// A time from the server as the kernel gets it. The server may be hostile: nanoseconds past a second are cut to the
+/// last one, and a time `SystemTime` cannot hold becomes the epoch, never a panic of the worker thread.
 fn system_time(t: Timespec) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
-    }
+    let nanos = Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
+    let whole = Duration::from_secs(t.sec.unsigned_abs());
+    let at = if t.sec >= 0 { UNIX_EPOCH.checked_add(whole) } else { UNIX_EPOCH.checked_sub(whole) };
+    at.and_then(|at| at.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
 }
 
 fn timespec(t: SystemTime) -> Timespec {
@@ -579,5 +580,24 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::NO_XATTR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_a_server_sends_converts_without_a_panic() {
+        let t = |sec, nsec| system_time(Timespec { sec, nsec });
+        assert_eq!(t(1, 5), UNIX_EPOCH + Duration::new(1, 5));
+        assert_eq!(t(-2, 500), UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500));
+        assert_eq!(timespec(t(-2, 500)), Timespec { sec: -2, nsec: 500 });
+        assert_eq!(t(7, u32::MAX), UNIX_EPOCH + Duration::new(7, 999_999_999), "nanoseconds are cut, not carried");
+        for sec in [i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1] {
+            for nsec in [0, 999_999_999, u32::MAX] {
+                let _ = t(sec, nsec);
+            }
+        }
     }
 }
