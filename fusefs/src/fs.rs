@@ -300,7 +300,19 @@ impl NetFs {
         }
     }
 
+    /// The owner and mode a new node in `parent` gets: in a setgid directory, the directory's group, and a new
+    /// subdirectory keeps the setgid bit (as ext4 and every local file system do).
+    fn inherited(&self, parent: u64, owner: Owner, mode: u32, dir: bool) -> (Owner, u32) {
+        let Some(parent_attr) = self.inodes().get(parent).map(|n| n.attr.clone()) else { return (owner, mode) };
+        if parent_attr.mode & libc::S_ISGID == 0 {
+            return (owner, mode);
+        }
+        let owner = Owner { uid: owner.uid, gid: parent_attr.gid };
+        (owner, if dir { mode | libc::S_ISGID } else { mode })
+    }
+
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, owner: Owner) -> Result<Entry> {
+        let (owner, mode) = self.inherited(parent, owner, mode, true);
         let path = self.child_path(parent, name)?;
         let res = {
             let _change = self.mutations.begin();
@@ -311,6 +323,7 @@ impl NetFs {
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, owner: Owner) -> Result<Entry> {
+        let (owner, _) = self.inherited(parent, owner, 0o777, false);
         let path = self.child_path(parent, name)?;
         let attr = {
             let _change = self.mutations.begin();
@@ -329,6 +342,7 @@ impl NetFs {
         rdev: u64,
         owner: Owner,
     ) -> Result<Entry> {
+        let (owner, mode) = self.inherited(parent, owner, mode, false);
         let path = self.child_path(parent, name)?;
         let attr = {
             let _change = self.mutations.begin();
@@ -545,6 +559,7 @@ impl NetFs {
     /// Creates a file that exists only here until its first upload (on flush, fsync or close).
     pub async fn create(&self, parent: u64, name: &str, mode: u32, owner: Owner, pid: u32) -> Result<(Entry, u64)> {
         check_name(name)?;
+        let (owner, mode) = self.inherited(parent, owner, mode, false);
         if self.inodes().path(parent).is_none() {
             return Err(not_found());
         }

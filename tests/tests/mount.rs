@@ -208,6 +208,22 @@ fn a_root_mount_is_nosuid_and_nodev_unless_asked() {
 }
 
 #[test]
+fn setgid_directories_pass_on_their_group_as_on_ext4() {
+    let f = fixture();
+    f.mount
+        .sh_ok("mkdir sg && chgrp 4242 sg && chmod 2775 sg && touch sg/f && mkdir sg/d && ln -s f sg/l && mkfifo sg/p");
+    let out = f.mount.sh_ok("stat -c '%n %g %a' sg/f sg/d sg/p && stat -c '%n %g' sg/l");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "sg/f 4242 644", "a new file takes the directory's group: {out}");
+    assert_eq!(lines[1], "sg/d 4242 2755", "a new subdirectory takes the group and keeps the setgid bit: {out}");
+    assert_eq!(lines[2], "sg/p 4242 644", "a new fifo takes the group: {out}");
+    assert_eq!(lines[3], "sg/l 4242", "a new symlink takes the group: {out}");
+    // Outside a setgid directory nothing changes.
+    let out = f.mount.sh_ok("mkdir plain && touch plain/g && stat -c '%g %a' plain/g");
+    assert_eq!(out.trim(), "0 644", "{out}");
+}
+
+#[test]
 fn content_another_user_holds_is_proven_not_sent() {
     // The mount hashes what is written with the server's proof salt, so its proof of content another user holds is
     // right: nothing travels.
