@@ -412,7 +412,18 @@ impl NetFs {
         Some(ino)
     }
 
+    /// Refuses to remove or replace a directory that looks empty to the server but holds a file of this mount still
+    /// being written (`ENOTEMPTY`, as on ext4): else that file's upload would find its path gone.
+    fn check_no_local_files(&self, parent: u64, name: &str) -> Result<()> {
+        let t = self.inodes();
+        match t.child(parent, name) {
+            Some(dir) if t.holds_local(dir) => errno(libc::ENOTEMPTY),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.check_no_local_files(parent, name)?;
         let path = self.child_path(parent, name)?;
         let res = {
             let _change = self.mutations.begin();
@@ -444,6 +455,9 @@ impl NetFs {
     ) -> Result<()> {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
+        if !noreplace {
+            self.check_no_local_files(new_parent, new_name)?;
+        }
         let source = self.inodes().child(parent, name);
         if let Some(ino) = source {
             self.publish(ino).await?;

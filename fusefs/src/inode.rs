@@ -133,6 +133,12 @@ impl Inodes {
         ino
     }
 
+    /// Whether directory `dir` holds a file that so far exists only in this mount (being written, not uploaded yet):
+    /// the server sees the directory empty, but removing it would lose that file.
+    pub fn holds_local(&self, dir: u64) -> bool {
+        self.nodes.values().any(|n| n.remote.is_none() && n.parent == dir)
+    }
+
     /// A file that so far exists only in this mount.
     pub fn add_local(&mut self, parent: u64, name: &str, attr: Attr) -> u64 {
         let ino = self.next;

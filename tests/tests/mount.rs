@@ -208,6 +208,22 @@ fn a_root_mount_is_nosuid_and_nodev_unless_asked() {
 }
 
 #[test]
+fn a_directory_holding_a_file_being_written_is_not_empty() {
+    // The file exists only in this mount until its close uploads it: the server sees the directory empty. Removing
+    // (or replacing) the directory then would lose the file while its writer's close still said 0.
+    let f = fixture();
+    let out = f.mount.sh_ok(
+        "mkdir c e && exec 3>c/f && echo data >&3 && \
+         { rmdir c 2>&1 || true; } && { mv -T e c 2>&1 || true; } && exec 3>&- && cat c/f",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("Directory not empty"), "rmdir of a directory with a file being written: {out}");
+    assert!(lines[1].contains("Directory not empty"), "a rename over it: {out}");
+    assert_eq!(lines[2], "data", "the file arrived whole: {out}");
+    assert_eq!(f.mount.sh_ok("rm c/f && rmdir c && ls").trim(), "e", "once closed and removed, rmdir works");
+}
+
+#[test]
 fn setgid_directories_pass_on_their_group_as_on_ext4() {
     let f = fixture();
     f.mount
