@@ -968,7 +968,17 @@ impl Meta {
     /// Whether `user` may be challenged for this content now: true (and recorded, so that no other challenge
     /// comes until `until`) unless a challenge was given within the block time. Each user gets one try per
     /// content in that time; only a right answer lifts the block ([`Meta::proof_passed`]).
-    pub fn take_proof_attempt(&mut self, user: &User, sha256: &str, size: u64, until: i64) -> Result<bool> {
+    /// A user holds at most `max_blocks` blocks: each `UploadFile` of new content would otherwise add a row for a
+    /// day, so a client naming made-up content could grow the database without bound. At the cap, no challenge is
+    /// given (the ordinary upload follows, as for a blocked content) until blocks expire.
+    pub fn take_proof_attempt(
+        &mut self,
+        user: &User,
+        sha256: &str,
+        size: u64,
+        until: i64,
+        max_blocks: u32,
+    ) -> Result<bool> {
         let tx = self.write()?;
         let t = now().sec;
         // Expired blocks go a few at a time, so no request does unbounded work for them.
@@ -982,14 +992,23 @@ impl Meta {
             params![user.id, sha256, size as i64, t],
             |r| r.get(0),
         )?;
-        if !blocked {
+        let full = || -> Result<bool> {
+            let held: i64 = tx.one(
+                "SELECT count(*) FROM (SELECT 1 FROM proof_blocks WHERE user_id = ? LIMIT ?)",
+                params![user.id, max_blocks],
+                |r| r.get(0),
+            )?;
+            Ok(held >= i64::from(max_blocks))
+        };
+        let challenge = !blocked && !full()?;
+        if challenge {
             tx.run(
                 "INSERT OR REPLACE INTO proof_blocks (user_id, sha256, size, until) VALUES (?, ?, ?, ?)",
                 params![user.id, sha256, size as i64, until],
             )?;
         }
         tx.commit()?;
-        Ok(!blocked)
+        Ok(challenge)
     }
 
     /// A right answer: the user may be challenged for this content again.
@@ -1912,6 +1931,25 @@ mod tests {
         assert!(meta.session_valid(&bo).unwrap());
         meta.remove_user("bo").unwrap();
         assert!(!meta.session_valid(&bo).unwrap());
+    }
+
+    #[test]
+    fn proof_blocks_are_one_per_content_and_capped_per_user() {
+        let (_d, mut meta, u) = setup();
+        let until = now().sec + 3600;
+        let sha = |i: u32| format!("{i:064x}");
+        assert!(meta.take_proof_attempt(&u, &sha(1), 10, until, 3).unwrap(), "a first challenge");
+        assert!(!meta.take_proof_attempt(&u, &sha(1), 10, until, 3).unwrap(), "no second one for that content");
+        assert!(meta.take_proof_attempt(&u, &sha(2), 10, until, 3).unwrap());
+        assert!(meta.take_proof_attempt(&u, &sha(3), 10, until, 3).unwrap());
+        // Made-up contents past the cap add no row: no challenge, and the table stops growing.
+        for i in 4..50 {
+            assert!(!meta.take_proof_attempt(&u, &sha(i), 10, until, 3).unwrap(), "content {i} past the cap");
+        }
+        let rows: i64 = meta.conn.one("SELECT count(*) FROM proof_blocks", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 3);
+        meta.proof_passed(&u, &sha(2), 10).unwrap();
+        assert!(meta.take_proof_attempt(&u, &sha(60), 10, until, 3).unwrap(), "room again after a right answer");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use netdisk_protocol::{constant_time_eq, ownership_proof, UploadFile, UploadFile
 
 /// How long a challenged (user, content) waits for another challenge when the answer was wrong or never came.
 pub const PROOF_BLOCK_SECS: i64 = 24 * 3600;
+/// Contents a user may be blocked for at once (a row each for a day): bounds what made-up names can add to the
+/// database. Past it, new content gets the ordinary upload without a challenge until blocks expire.
+pub const MAX_PROOF_BLOCKS: u32 = 16384;
 /// Challenges a connection may have open at once; older ones are forgotten (and stay blocked).
 const MAX_OPEN_CHALLENGES: usize = 64;
 /// What a proof is checked against when nobody holds the content: no answer can match it, and checking takes

@@ -101,13 +101,19 @@ impl Store {
         Ok(Some(self.instant(user, &r.path, attr)))
     }
 
-    pub fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
+    /// What every `UploadFile` must be before anything is looked up: a size a file may have, well-formed hashes and
+    /// path, and a path that can hold file content.
+    fn check_upload(&self, user: &User, r: &UploadFile) -> Result<()> {
         super::check_file_size(r.size)?;
         crate::meta::check_chunk_count(r.size, self.chunk_size)?;
         check_md5(&r.md5)?;
         check_sha256(r.sha256.as_deref())?;
         components(&r.path)?;
-        self.meta.check_file_target(user, &r.path)?;
+        self.meta.check_file_target(user, &r.path)
+    }
+
+    pub fn upload_file(&mut self, user: &User, r: UploadFile) -> Result<UploadFileRes> {
+        self.check_upload(user, &r)?;
         self.meta.check_quota(user, &r.path, r.size)?;
         if r.size == 0 {
             if r.md5 != EMPTY_MD5 || r.sha256.as_deref().is_some_and(|s| s != EMPTY_SHA256) {
@@ -153,7 +159,7 @@ impl Store {
         // Anything else gets a challenge, whether or not another user holds the content, so the answer reveals
         // nothing; unless this user had one for this content lately: then the ordinary upload, whoever holds it.
         let until = crate::meta::now().sec.saturating_add(proof::PROOF_BLOCK_SECS);
-        if self.meta.take_proof_attempt(user, &sha256, r.size, until)? {
+        if self.meta.take_proof_attempt(user, &sha256, r.size, until, proof::MAX_PROOF_BLOCKS)? {
             return Ok(self.challenges.issue(r));
         }
         self.ordinary_upload(user, &r)
@@ -224,19 +230,29 @@ impl Store {
     /// file of their own, with its disk space claimed. (Content held already is found by the seal, which then keeps
     /// the copy it has.)
     pub fn begin_inline(&mut self, user: &User, r: UploadFile, payload_len: u32) -> Result<InlineUpload> {
-        super::check_file_size(r.size)?;
-        check_md5(&r.md5)?;
-        check_sha256(r.sha256.as_deref())?;
-        components(&r.path)?;
+        self.check_upload(user, &r)?;
         if r.size != payload_len as u64 {
             return fail(ErrorCode::Invalid, format!("a file sent whole must be its {} bytes", r.size));
         }
-        self.meta.check_file_target(user, &r.path)?;
         self.expire_some()?;
+        self.new_inline(user, r, None)
+    }
+
+    /// A small file's own physical file, admitted and with its disk space claimed; holding `bytes` when given (a
+    /// file stored again), else waiting for them. On any failure, nothing of it is left.
+    fn new_inline(&mut self, user: &User, r: UploadFile, bytes: Option<&[u8]>) -> Result<InlineUpload> {
+        use std::os::unix::fs::FileExt;
         let room = self.blobs.room();
         let pfile = self.meta.new_pfile(user, &r.path, identity(&r), self.chunk_size, &Room(&room))?;
-        let opened = self.blobs.open_for_upload(pfile.id, pfile.size);
-        match opened.and_then(|file| self.blobs.claim(&file, 0, pfile.size).map(|()| file)) {
+        let stored = (|| {
+            let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
+            self.blobs.claim(&file, 0, pfile.size)?;
+            if let Some(bytes) = bytes {
+                file.write_all_at(bytes, 0)?;
+            }
+            Ok::<_, std::io::Error>(file)
+        })();
+        match stored {
             Ok(file) => Ok(InlineUpload { request: r, pfile, file }),
             Err(e) => {
                 let released = self.meta.discard_pfile(pfile.id)?;
@@ -284,23 +300,7 @@ impl Store {
         use std::os::unix::fs::FileExt;
         let mut bytes = vec![0u8; old.pfile.size as usize];
         old.file.read_exact_at(&mut bytes, 0)?;
-        let r = old.request;
-        let room = self.blobs.room();
-        let pfile = self.meta.new_pfile(user, &r.path, identity(&r), self.chunk_size, &Room(&room))?;
-        let stored = (|| {
-            let file = self.blobs.open_for_upload(pfile.id, pfile.size)?;
-            self.blobs.claim(&file, 0, pfile.size)?;
-            file.write_all_at(&bytes, 0)?;
-            Ok::<_, std::io::Error>(file)
-        })();
-        match stored {
-            Ok(file) => Ok(InlineUpload { request: r, pfile, file }),
-            Err(e) => {
-                let released = self.meta.discard_pfile(pfile.id)?;
-                self.release(released);
-                Err(e.into())
-            }
-        }
+        self.new_inline(user, old.request, Some(&bytes))
     }
 
     fn seal_inline(&mut self, user: &User, inline: &InlineUpload) -> Result<Attr> {
