@@ -246,7 +246,8 @@ impl NetFs {
         let (fresh, local) = {
             let t = self.inodes();
             let n = t.get(ino).ok_or_else(not_found)?;
-            (t.fresh(ino, self.config.ttl), n.remote.is_none() || n.parent == 0)
+            // Nameless (unlinked, still open): no path to ask about. The root has none either, but "/" is its path.
+            (t.fresh(ino, self.config.ttl), n.remote.is_none() || (n.parent == 0 && ino != ROOT))
         };
         if fresh || local {
             return self.entry(ino).await;
@@ -1061,8 +1062,8 @@ impl NetFs {
         waiting
     }
 
-    /// Names of the extended attributes of `ino` (see `status.rs`).
-    pub fn xattr_names(&self, ino: u64) -> Result<Vec<&'static str>> {
+    /// Names of netdisk's own extended attributes that `ino` has now (see `status.rs`): readable by name, not listed.
+    pub fn netdisk_xattrs(&self, ino: u64) -> Result<Vec<&'static str>> {
         if ino == ROOT {
             return Ok(vec![status::XATTR_STATUS]);
         }
@@ -1077,7 +1078,7 @@ impl NetFs {
 
     /// The value of extended attribute `name` of `ino`; ENODATA when it has none.
     pub async fn xattr(&self, ino: u64, name: &str) -> Result<Vec<u8>> {
-        if !self.xattr_names(ino)?.contains(&name) {
+        if !self.netdisk_xattrs(ino)?.contains(&name) {
             return errno(libc::ENODATA);
         }
         Ok(match name {

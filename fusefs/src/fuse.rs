@@ -556,11 +556,10 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.xattr_names(ino.0) {
-            Ok(names) => {
-                let list: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
-                xattr_reply(reply, size, &list)
-            }
+        // netdisk's own `user.netdisk.*` attributes are read by name only, never listed: `cp -a`, `rsync -X` and file
+        // managers copy every listed attribute onto the copy, where a state or md5 would be stale at once.
+        match self.fs.netdisk_xattrs(ino.0) {
+            Ok(_) => xattr_reply(reply, size, &[]),
             Err(e) => reply.error(errno(&e)),
         }
     }

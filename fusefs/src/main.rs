@@ -8,6 +8,7 @@ mod fs;
 mod fuse;
 mod handles;
 mod inode;
+mod kernel_mount;
 mod local;
 mod running_hash;
 mod settings;
@@ -366,38 +367,45 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
     let netfs = Arc::new(fs::NetFs::new(remote, login.root, cache, config, runtime.handle().clone()));
     let filesystem = fuse::FuseFs::new(netfs.clone(), runtime.handle().clone(), ttl, (settings.uid, settings.gid));
 
-    let mut options = fuser::Config::default();
-    options.mount_options = vec![
-        fuser::MountOption::FSName(format!("netdisk:{}@{}", credentials.user, credentials.addr)),
-        fuser::MountOption::Subtype("netdisk".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-    ];
-    if settings.read_only {
-        options.mount_options.push(fuser::MountOption::RO);
-    }
-    options.n_threads = Some(4);
-    if settings.allow_other {
-        options.acl = fuser::SessionACL::All;
-    }
+    let fsname = format!("netdisk:{}@{}", credentials.user, credentials.addr);
     let root = nix::unistd::geteuid().is_root();
-    if root {
-        options.acl = fuser::SessionACL::All;
-    }
     // nosuid,nodev unless asked for (as the kernel forces for every mount by an unprivileged user): otherwise anyone
     // who can write to the store could plant a setuid-root program or a device node on every machine mounting it.
     if !root && (settings.suid || settings.dev) {
         tracing::warn!("-o suid and -o dev need a mount by root: ignored");
     }
-    let honour = |asked: bool| root && asked;
-    options.mount_options.push(if honour(settings.suid) {
-        fuser::MountOption::Suid
+    let flags = kernel_mount::KernelFlags {
+        read_only: settings.read_only,
+        suid: root && settings.suid,
+        dev: root && settings.dev,
+        exec: !settings.noexec,
+    };
+    let mut options = fuser::Config::default();
+    options.n_threads = Some(4);
+    let session = if root {
+        // Root mounts itself, with the full type name; every user may enter, the kernel checks permissions.
+        options.acl = fuser::SessionACL::All;
+        let fd = kernel_mount::mount(&mountpoint, &fsname, flags)
+            .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+        fuser::Session::from_fd(filesystem, fd, options.acl, options.clone()).inspect_err(|_| unmount(&mountpoint))
     } else {
-        fuser::MountOption::NoSuid
-    });
-    options.mount_options.push(if honour(settings.dev) { fuser::MountOption::Dev } else { fuser::MountOption::NoDev });
-    let session = fuser::Session::new(filesystem, &mountpoint, &options)
-        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+        // Through fusermount3, which keeps the subtype and forces nosuid,nodev itself.
+        options.mount_options = vec![
+            fuser::MountOption::FSName(fsname),
+            fuser::MountOption::Subtype("netdisk".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoAtime,
+            fuser::MountOption::NoSuid,
+            fuser::MountOption::NoDev,
+            if flags.read_only { fuser::MountOption::RO } else { fuser::MountOption::RW },
+            if flags.exec { fuser::MountOption::Exec } else { fuser::MountOption::NoExec },
+        ];
+        if settings.allow_other {
+            options.acl = fuser::SessionACL::All;
+        }
+        fuser::Session::new(filesystem, &mountpoint, &options)
+    }
+    .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     netfs.on_kernel_attrs_stale(fuse::attr_invalidator(session.notifier()));
     let background = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -412,6 +420,10 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
         }
     });
     let ended = background.join();
+    if ended.is_err() && root {
+        // The session broke without an unmount: a root mount is this process's own to take down.
+        unmount(&mountpoint);
+    }
     drop(runtime);
     let _ = std::fs::remove_dir_all(&blocks_dir);
     if let Some(server) = local_server {

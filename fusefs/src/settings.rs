@@ -51,6 +51,8 @@ pub struct Given {
     /// `-o suid` / `-o dev`: honour setuid/setgid bits and device files from the store (root mounts only).
     pub suid: bool,
     pub dev: bool,
+    /// `-o noexec`: programs on the mount cannot be run.
+    pub noexec: bool,
 }
 
 /// The resolved settings of one mount.
@@ -77,6 +79,8 @@ pub struct Settings {
     pub suid: bool,
     /// Honour device files from the store (`-o dev`; off by default: `nodev`).
     pub dev: bool,
+    /// Refuse to run programs from the mount (`-o noexec`).
+    pub noexec: bool,
 }
 
 impl Given {
@@ -102,6 +106,8 @@ impl Given {
                 "nosuid" => self.suid = false,
                 "dev" => self.dev = true,
                 "nodev" => self.dev = false,
+                "exec" => self.noexec = false,
+                "noexec" => self.noexec = true,
                 "uid" => self.uid = Some(number("uid")? as u32),
                 "gid" => self.gid = Some(number("gid")? as u32),
                 "config" => self.config = Some(need()?.into()),
@@ -125,11 +131,10 @@ impl Given {
                 | "nouser"
                 | "owner"
                 | "defaults"
-                | "exec"
-                | "noexec"
                 | "atime"
                 | "noatime"
                 | "relatime"
+                | "strictatime"
                 | "async"
                 | "sync" => {}
                 k if k.starts_with("x-") || k.starts_with("comment") => {}
@@ -217,6 +222,7 @@ impl Given {
             gid: self.gid,
             suid: self.suid,
             dev: self.dev,
+            noexec: self.noexec,
         })
     }
 }

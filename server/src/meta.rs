@@ -560,6 +560,14 @@ impl Meta {
         Ok(self.conn.one("SELECT count(*) FROM nodes WHERE user_id = ?", [user.id], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    /// `user`'s quota and what counts against it now (their files and their unfinished uploads), for statfs;
+    /// `None` without a quota.
+    pub fn quota_usage(&self, user: &User) -> Result<Option<(u64, u64)>> {
+        let Some(quota) = quota_of(&self.conn, user)? else { return Ok(None) };
+        let (files, reserved) = usage_in(&self.conn, user, "", None)?;
+        Ok(Some((quota, files.saturating_add(reserved))))
+    }
+
     // ---- administration (netdisk-server user ..., stats) ----
 
     /// Every user with what they use, by name.
@@ -1481,8 +1489,27 @@ fn check_quota_in(
     if new_size <= old {
         return Ok(());
     }
+    let Some(quota) = quota_of(conn, user)? else { return Ok(()) };
+    let (files, reserved) = usage_in(conn, user, path, exclude)?;
+    let after = files.saturating_sub(old).saturating_add(reserved).saturating_add(new_size);
+    if after > quota {
+        let note = if reserved > 0 { format!(" ({reserved} of them by unfinished uploads)") } else { String::new() };
+        return fail(
+            ErrorCode::QuotaExceeded,
+            format!("over quota: {after} bytes would be used{note}, the quota is {quota}"),
+        );
+    }
+    Ok(())
+}
+
+fn quota_of(conn: &Connection, user: &User) -> Result<Option<u64>> {
     let quota: Option<i64> = conn.one("SELECT quota FROM users WHERE id = ?", [user.id], |r| r.get(0))?;
-    let Some(quota) = quota.map(|q| q as u64) else { return Ok(()) };
+    Ok(quota.map(|q| q as u64))
+}
+
+/// What counts against `user`'s quota ([`check_quota_in`]): the sizes of their regular files, and the bytes their
+/// unfinished uploads reserve (but `exclude`, and one only uploads to `path` are bound to).
+fn usage_in(conn: &Connection, user: &User, path: &str, exclude: Option<i64>) -> Result<(u64, u64)> {
     let files: i64 = conn.one(
         "SELECT coalesce(sum(size), 0) FROM nodes WHERE user_id = ? AND kind = ?",
         params![user.id, kind_to_int(NodeKind::File)],
@@ -1497,15 +1524,7 @@ fn check_quota_in(
         params![user.id, exclude, path],
         |r| r.get(0),
     )?;
-    let after = (files as u64).saturating_sub(old).saturating_add(reserved as u64).saturating_add(new_size);
-    if after > quota {
-        let note = if reserved > 0 { format!(" ({reserved} of them by unfinished uploads)") } else { String::new() };
-        return fail(
-            ErrorCode::QuotaExceeded,
-            format!("over quota: {after} bytes would be used{note}, the quota is {quota}"),
-        );
-    }
-    Ok(())
+    Ok((files as u64, reserved as u64))
 }
 
 /// Bytes that unfinished physical files (but `exclude`) have reserved on the disk and not written yet: each one's

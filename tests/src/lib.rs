@@ -453,6 +453,24 @@ impl Server {
         }
     }
 
+    /// Stops (SIGSTOP) the whole server: the parent first, and once the kernel shows it stopped (so that it forks
+    /// no more), every process descended from it. Returns once all of them are stopped; they continue (SIGCONT)
+    /// when the guard is dropped, also when the test fails.
+    pub fn pause(&self) -> Paused {
+        let stopped = |pid: i32| proc_info(pid).is_none_or(|p| p.state == 'T' || p.state == 't' || p.state == 'Z');
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        assert!(wait_until(STOP_TIMEOUT, || stopped(self.pid)), "the server did not stop");
+        let mut pids = vec![self.pid];
+        for p in descendants_of(self.pid) {
+            // SAFETY: kill(2) on a process descended from our stopped server (which cannot reap it meanwhile).
+            unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+            pids.push(p.pid);
+        }
+        assert!(wait_until(STOP_TIMEOUT, || pids.iter().all(|&pid| stopped(pid))), "connection processes did not stop");
+        Paused { pids }
+    }
+
     /// `kill -9` of the whole server: the parent (stopped first, so that it forks no more) and every process
     /// descended from it (the connection processes). Returns once all of them are gone, with the pids of the
     /// connection processes it killed.
@@ -947,4 +965,25 @@ pub fn tree_of(root: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     walk(root, root, &mut out);
     out
+}
+
+/// A server stopped by [`Server::pause`]: continued when dropped.
+pub struct Paused {
+    pids: Vec<i32>,
+}
+
+impl Paused {
+    /// Leaves the processes stopped (to kill them next).
+    pub fn keep_stopped(mut self) {
+        self.pids.clear();
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().rev() {
+            // SAFETY: kill(2) on processes of our server, stopped by us (so still there: nobody reaped them).
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
 }

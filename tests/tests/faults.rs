@@ -478,16 +478,6 @@ fn fill_up(path: &Path) {
     }
 }
 
-/// Sends `sig` to the server's parent and then to every process descended from it.
-fn signal_server_tree(server: &Server, sig: i32) {
-    // SAFETY: kill(2) on the server process this test started (not reaped: its guard holds it).
-    unsafe { libc::kill(server.pid(), sig) };
-    for p in netdisk_e2e::descendants_of(server.pid()) {
-        // SAFETY: kill(2) on a connection process of that server, seen alive just now.
-        unsafe { libc::kill(p.pid, sig) };
-    }
-}
-
 /// Runs `script` on the mount; asserts it fails with EIO within `bound`. Returns how long it took.
 #[track_caller]
 fn fails_with_eio(mount: &Mount, script: &str, bound: Duration) -> Duration {
@@ -516,7 +506,7 @@ fn a_server_that_goes_away_gives_eio_and_the_mount_recovers() {
     let calls = ["cat a.txt", "ls d", "mkdir e", "echo new > n.txt", "rm d/b.txt"];
 
     // It hangs: every process stopped, connections open, nothing answers.
-    signal_server_tree(&server, libc::SIGSTOP);
+    server.pause().keep_stopped();
     let hung: Vec<Duration> = calls.iter().map(|c| fails_with_eio(&mount, c, bound)).collect();
     eprintln!("(e) server stopped (SIGSTOP): {:?}", calls.iter().zip(&hung).collect::<Vec<_>>());
 

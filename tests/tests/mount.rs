@@ -2,6 +2,7 @@
 //! Every test owns its server and mounts; the guards unmount and stop them also when a test fails.
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,6 +166,21 @@ fn two_mounts_see_each_others_files() {
 }
 
 #[test]
+fn the_root_directory_shows_changes_made_elsewhere() {
+    let f = fixture();
+    let before = std::fs::metadata(f.mount.path()).unwrap();
+    let other = Mount::start(&f.server, "ann", "pw");
+    other.sh_ok("mkdir sub");
+    let changed = || {
+        std::fs::metadata(f.mount.path()).is_ok_and(|m| m.nlink() == before.nlink() + 1 && m.mtime() >= before.mtime())
+    };
+    assert!(
+        wait_until(VISIBILITY, changed),
+        "the root's link count and mtime are the server's, not the mount-time ones"
+    );
+}
+
+#[test]
 fn copying_in_content_the_server_holds_sends_no_chunk() {
     let f = fixture();
     let local = tempfile::tempdir().unwrap();
@@ -182,12 +198,17 @@ fn copying_in_content_the_server_holds_sends_no_chunk() {
     assert!(!log.contains("upload complete path=/second.bin"), "the second copy sent chunks");
 }
 
-/// The options the kernel shows for the mount on `path` (its line in /proc/mounts).
-fn kernel_mount_options(path: &Path) -> Vec<String> {
+/// The type and options the kernel shows for the mount on `path` (its line in /proc/mounts).
+fn kernel_mount(path: &Path) -> (String, Vec<String>) {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
     let target = path.to_str().expect("a UTF-8 path");
     let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(target)).expect("the mount in /proc/mounts");
-    line.split(' ').nth(3).expect("options").split(',').map(str::to_string).collect()
+    let fields: Vec<&str> = line.split(' ').collect();
+    (fields[2].to_string(), fields[3].split(',').map(str::to_string).collect())
+}
+
+fn kernel_mount_options(path: &Path) -> Vec<String> {
+    kernel_mount(path).1
 }
 
 #[test]
@@ -205,6 +226,23 @@ fn a_root_mount_is_nosuid_and_nodev_unless_asked() {
     let opted = Mount::start_with(&f.server, "ann", "pw", Mount::new_dir(), &["-o", "suid,dev"]);
     let options = kernel_mount_options(opted.path());
     assert!(!options.iter().any(|o| o == "nosuid" || o == "nodev"), "{options:?}");
+}
+
+#[test]
+fn proc_mounts_names_the_type_and_the_options_asked() {
+    let f = fixture();
+    let (kind, options) = kernel_mount(f.mount.path());
+    assert_eq!(kind, "fuse.netdisk", "the subtype is kept: {options:?}");
+    assert!(!options.iter().any(|o| o == "noexec" || o == "ro"), "{options:?}");
+    assert_eq!(f.mount.sh_ok("cp /bin/true t && ./t && echo ran").trim(), "ran");
+    let asked = Mount::start_with(&f.server, "ann", "pw", Mount::new_dir(), &["-o", "noexec,ro"]);
+    let (kind, options) = kernel_mount(asked.path());
+    assert_eq!(kind, "fuse.netdisk");
+    assert!(options.iter().any(|o| o == "noexec") && options.iter().any(|o| o == "ro"), "{options:?}");
+    let out = asked.sh("./t; echo \"ran $?\"; touch new 2>&1");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("ran 126"), "a program on a noexec mount does not run: {out}");
+    assert!(!asked.join("new").exists(), "nothing is created on a read-only mount: {out}");
 }
 
 #[test]
@@ -435,6 +473,11 @@ fn writes_beyond_the_quota_fail_with_edquot() {
     let (ok, out) = f.server.admin(&["user", "quota", "ann", "1M"], None);
     assert!(ok, "{out}");
     f.mount.sh_ok("head -c 700000 /dev/zero > a && head -c 200000 /dev/urandom > b");
+    // df shows the quota's size and what is left of it, not the server's disk.
+    let df = f.mount.sh_ok("df -B1 --output=size,avail . | tail -1");
+    let sizes: Vec<u64> = df.split_whitespace().map(|n| n.parse().expect("df prints numbers")).collect();
+    assert_eq!(sizes[0], 1 << 20, "df's size is the quota: {df}");
+    assert!(sizes[1] <= (1 << 20) - 900_000 && sizes[1] + 4096 > (1 << 20) - 900_000, "df's room: {df}");
     let out = f.mount.sh("head -c 500000 /dev/urandom > c");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("Disk quota exceeded"), "the write over the quota: {err}");
@@ -465,6 +508,12 @@ fn fd_xattr(file: &std::fs::File, name: &str) -> Option<String> {
     // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer writable for its length.
     let n = unsafe { libc::fgetxattr(file.as_raw_fd(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+/// Whether the local file `path` has the extended attribute `name`.
+fn xattr_on(path: &Path, name: &str) -> bool {
+    let out = Command::new("getfattr").args(["--only-values", "-n", name]).arg(path).output().expect("getfattr runs");
+    out.status.success()
 }
 
 /// `getfattr --only-values -n NAME PATH` in the mount, or None when the file has no such attribute.
@@ -510,22 +559,12 @@ fn status_and_extended_attributes_show_uploads() {
     assert!(wait_until(Duration::from_secs(60), staged), "the bytes reach the staging file");
     // Opened now: while the server is paused, a path lookup would wait for it; the descriptor does not.
     let opened = std::fs::File::open(f.mount.join("big.bin")).expect("open big.bin");
-    let paused: Vec<i32> = std::iter::once(f.server.pid()).chain(f.server.children().iter().map(|c| c.pid)).collect();
-    for pid in &paused {
-        // SAFETY: kill(2) of processes this test started (the server and its connection processes).
-        unsafe { libc::kill(*pid, libc::SIGSTOP) };
-    }
-    let resume = || {
-        for pid in &paused {
-            // SAFETY: as above.
-            unsafe { libc::kill(*pid, libc::SIGCONT) };
-        }
-    };
+    let paused = f.server.pause();
     let uploading =
         wait_until(Duration::from_secs(30), || mount_cli(&["status", &point]).1.contains("uploading /big.bin"));
     let (_, during) = mount_cli(&["status", &point]);
     let state = fd_xattr(&opened, "user.netdisk.state");
-    resume();
+    drop(paused);
     assert!(uploading, "status lists the upload: {during}");
     assert!(during.contains(&format!("of {}.0 MiB (", size >> 20)) && during.contains("NOT CONNECTED"), "{during}");
     let state = state.unwrap_or_default();
@@ -536,7 +575,12 @@ fn status_and_extended_attributes_show_uploads() {
     assert!(after.contains(&point) && after.contains("uploads: none in progress"), "{after}");
     assert_eq!(xattr(&f, "user.netdisk.state", "big.bin").as_deref(), Some("complete"));
     assert_eq!(xattr(&f, "user.netdisk.md5", "big.bin"), Some(netdisk_e2e::netdisk_protocol::md5_hex(&data)));
-    assert!(f.mount.sh_ok("getfattr -d -m - big.bin").contains("user.netdisk.md5="), "listed by getfattr -d");
+    // Read by name only: a copy that preserves every listed attribute (cp -a, rsync -X) would carry a stale md5.
+    let listed = f.mount.sh_ok("getfattr -d -m - big.bin; getfattr -d -m - .");
+    assert!(!listed.contains("user.netdisk"), "netdisk's own attributes are not listed: {listed}");
+    let local = tempfile::tempdir().unwrap();
+    f.mount.sh_ok(&format!("cp -a big.bin {0}/copy && getfattr -d -m - {0}/copy", local.path().display()));
+    assert!(!xattr_on(&local.path().join("copy"), "user.netdisk.md5"), "cp -a copied user.netdisk.md5");
     assert_eq!(xattr(&f, "user.other", "big.bin"), None);
     assert!(!mount_cli(&["status", "/tmp"]).0, "status of a directory that is not a netdisk mount fails");
 }

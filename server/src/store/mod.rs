@@ -192,20 +192,31 @@ impl Store {
         Ok(Outgoing { res, file, len })
     }
 
+    /// The disk as the user sees it: the server's file system, less the upload reserve, and within their quota
+    /// when they have one (`df` on the mount then shows the quota's size and room, as quota-aware network file
+    /// systems do).
     pub fn statfs(&self, user: &User) -> Result<StatFsRes> {
         let vfs = nix::sys::statvfs::statvfs(&self.data_dir)?;
+        let block = (vfs.fragment_size() as u64).max(1);
         let files = self.meta.node_count(user)?;
         // The reserve uploads leave free is not available to users (as root's reserved blocks on ext4).
-        let reserved = self.blobs.reserve().div_ceil(vfs.fragment_size().max(1) as u64);
-        Ok(StatFsRes {
-            block_size: vfs.fragment_size() as u32,
+        let reserved = self.blobs.reserve().div_ceil(block);
+        let mut res = StatFsRes {
+            block_size: block as u32,
             blocks: vfs.blocks() as u64,
             blocks_free: vfs.blocks_free() as u64,
             blocks_available: (vfs.blocks_available() as u64).saturating_sub(reserved),
             files: files + vfs.files_free() as u64,
             files_free: vfs.files_free() as u64,
             name_max: MAX_NAME as u32,
-        })
+        };
+        if let Some((quota, used)) = self.meta.quota_usage(user)? {
+            let room = quota.saturating_sub(used) / block;
+            res.blocks = res.blocks.min(quota.div_ceil(block));
+            res.blocks_free = res.blocks_free.min(room);
+            res.blocks_available = res.blocks_available.min(room);
+        }
+        Ok(res)
     }
 
     // ---- changing the tree ----
