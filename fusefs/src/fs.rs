@@ -18,6 +18,7 @@ use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
 use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::{Inodes, ROOT};
+use crate::kept::KeptUploads;
 use crate::status::{self, Status, UploadBoard};
 
 /// Blocks fetched ahead of a sequential reader.
@@ -94,6 +95,15 @@ impl Drop for MutationGuard<'_> {
     }
 }
 
+/// The kernel's caches, for changes made behind its back (an upload at close, a name dropped after a failed one).
+pub trait KernelCache: Send + Sync {
+    /// Drop the cached attributes of `ino` (not its pages): no inode lock is taken, safe from within a request.
+    fn attrs_stale(&self, ino: u64);
+    /// Drop the cached name `name` in `parent`. The kernel takes the directory's lock: never call it from a
+    /// request on that directory, nor while holding anything such a request waits for.
+    fn entry_gone(&self, parent: u64, name: &str);
+}
+
 type BlockCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 
 pub struct NetFs {
@@ -107,8 +117,10 @@ pub struct NetFs {
     mutations: Mutations,
     config: Config,
     uploads: UploadBoard,
+    /// Staged bytes whose upload failed at the last close.
+    kept: KeptUploads,
     /// Makes the kernel drop its cached attributes of an inode (set by the FUSE glue once mounted).
-    kernel_attrs: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
 fn not_found() -> FsError {
@@ -132,20 +144,27 @@ impl NetFs {
             cache,
             inflight: Mutex::new(HashMap::new()),
             mutations: Mutations::default(),
+            kept: KeptUploads::new(config.staging_dir.clone(), config.server.clone(), config.user.clone()),
             config,
             uploads: UploadBoard::default(),
-            kernel_attrs: std::sync::OnceLock::new(),
+            kernel: std::sync::OnceLock::new(),
         }
     }
 
-    /// How to make the kernel drop its cached attributes of an inode, for changes it does not see itself.
-    pub fn on_kernel_attrs_stale(&self, drop_attrs: impl Fn(u64) + Send + Sync + 'static) {
-        let _ = self.kernel_attrs.set(Box::new(drop_attrs));
+    /// How to tell the kernel about changes it does not see itself (set by the FUSE glue once mounted).
+    pub fn on_kernel_cache(&self, kernel: impl KernelCache + 'static) {
+        let _ = self.kernel.set(Box::new(kernel));
     }
 
     fn kernel_attrs_stale(&self, ino: u64) {
-        if let Some(drop_attrs) = self.kernel_attrs.get() {
-            drop_attrs(ino);
+        if let Some(kernel) = self.kernel.get() {
+            kernel.attrs_stale(ino);
+        }
+    }
+
+    fn kernel_entry_gone(&self, parent: u64, name: &str) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.entry_gone(parent, name);
         }
     }
 
@@ -254,7 +273,16 @@ impl NetFs {
         }
         let path = self.path(ino)?;
         let token = self.mutations.quiet();
-        let attr = self.remote.call(&Stat { path }).await?.attr;
+        let attr = match self.remote.call(&Stat { path }).await {
+            Ok(res) => res.attr,
+            // The root always exists: with the server unreachable, its last known attributes keep the mount point
+            // usable (`cd`, a shell's prompt, `ls -d`) while everything below it fails with EIO.
+            Err(FsError::Connection(why)) if ino == ROOT => {
+                tracing::debug!(%why, "root attributes from before the server went away");
+                return self.entry(ino).await;
+            }
+            Err(e) => return Err(e),
+        };
         if self.mutations.still_quiet(token) {
             self.inodes().set_attr(ino, attr.clone());
         }
@@ -377,12 +405,13 @@ impl NetFs {
         if !child.is_some_and(|ino| self.is_local(ino)) {
             // L1: the name goes from the table only once the server's DeleteFileRes is here.
             let _change = self.mutations.begin();
-            let res = self.remote.call(&DeleteFile { path }).await?;
+            let res = self.remote.call(&DeleteFile { path: path.clone() }).await?;
             self.dir_changed(parent, res.dir);
         }
         let gone = self.inodes().detach(parent, name);
         let nameless = self.lost_link(gone);
         self.orphan(nameless).await;
+        self.kept.name_gone(&path);
         Ok(())
     }
 
@@ -465,7 +494,7 @@ impl NetFs {
         }
         {
             let _change = self.mutations.begin();
-            self.remote.call(&Rename { from, to, noreplace }).await?;
+            self.remote.call(&Rename { from, to: to.clone(), noreplace }).await?;
         }
         let replaced = {
             let mut t = self.inodes();
@@ -482,6 +511,9 @@ impl NetFs {
             }
             replaced
         };
+        if replaced.is_some() {
+            self.kept.name_gone(&to);
+        }
         let nameless = self.lost_link(replaced);
         self.orphan(nameless).await;
         Ok(())
@@ -820,24 +852,41 @@ impl NetFs {
 
     async fn finish_staging(&self, ino: u64, staging: &SharedStaging) -> Result<()> {
         let mut s = staging.lock().await;
-        match self.upload(ino, &mut s).await {
-            Ok(()) => {
-                s.discard();
-                if self.is_local(ino) {
-                    // Never uploaded (unlinked first): forget the name too.
-                    let mut t = self.inodes();
-                    let (parent, name) = t.get(ino).map(|n| (n.parent, n.name.clone())).unwrap_or_default();
-                    if parent != 0 {
-                        t.detach(parent, &name);
+        let result = self.upload(ino, &mut s).await;
+        match &result {
+            Ok(()) => s.discard(),
+            Err(e) => {
+                // The bytes stay, listed by `status`; the name shows what the server holds.
+                let path = self.inodes().path(ino).unwrap_or_default();
+                match self.kept.keep(&s.path, &path, s.size, &e.to_string()) {
+                    Ok(_) => {
+                        tracing::error!(%path, error = %e, kept = %s.path.display(), "upload failed at close; the data is kept (netdisk-mount status)")
+                    }
+                    Err(k) => {
+                        tracing::error!(%path, error = %e, kept = %s.path.display(), record_error = %k, "upload failed at close; the data is kept, unrecorded")
                     }
                 }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(ino, error = %e, kept = %s.path.display(), "upload failed at close; the data is kept in the staging file");
-                Err(e)
+                self.inodes().invalidate(ino);
+                self.kernel_attrs_stale(ino);
             }
         }
+        drop(s);
+        if self.is_local(ino) {
+            // Never on the server (unlinked first, or its upload failed): the name goes too, also from the kernel's
+            // cache (else an open of it would reach this nameless inode, whose writes go nowhere).
+            let (parent, name) = {
+                let mut t = self.inodes();
+                let (parent, name) = t.get(ino).map(|n| (n.parent, n.name.clone())).unwrap_or_default();
+                if parent != 0 {
+                    t.detach(parent, &name);
+                }
+                (parent, name)
+            };
+            if parent != 0 {
+                self.kernel_entry_gone(parent, &name);
+            }
+        }
+        result
     }
 
     /// Sends staged content to the server: instant when it holds it, else the chunks it lacks, several at once.
@@ -845,10 +894,9 @@ impl NetFs {
         if !s.dirty || s.unlinked {
             return Ok(());
         }
-        let Some(path) = self.inodes().path(ino) else {
-            s.unlinked = true;
-            return Ok(());
-        };
+        // Unlinked here (`unlinked` is set then): nothing to upload. Nameless otherwise: its directory went away on
+        // the server (removed by another client) and the bytes have nowhere to go, which the writer must hear.
+        let Some(path) = self.inodes().path(ino) else { return Err(not_found()) };
         let started = std::time::Instant::now();
         let hashes = tokio::task::block_in_place(|| s.hashes())?;
         let req = UploadFile {
@@ -1114,6 +1162,7 @@ impl NetFs {
             error,
             uploads: self.uploads.list(),
             waiting,
+            kept: self.kept.list(),
             cache_used: self.cache.used(),
             cache_limit: self.config.cache_limit,
             cache_dir: self.config.cache_dir.display().to_string(),

@@ -42,12 +42,19 @@ impl FuseFs {
     }
 }
 
-/// Drops the kernel's cached attributes of an inode (not its cached pages): for changes made behind the kernel's
-/// back, such as an upload at close. Only attributes, so no inode lock is taken: safe from within a request.
-pub fn attr_invalidator(notifier: fuser::Notifier) -> impl Fn(u64) + Send + Sync + 'static {
-    move |ino| {
-        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+/// The kernel's caches, reached through fuser's notifier.
+pub struct KernelNotifier(pub fuser::Notifier);
+
+impl crate::fs::KernelCache for KernelNotifier {
+    fn attrs_stale(&self, ino: u64) {
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
             tracing::debug!(ino, error = %e, "attribute invalidation not delivered");
+        }
+    }
+
+    fn entry_gone(&self, parent: u64, name: &str) {
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::new(name)) {
+            tracing::debug!(parent, name, error = %e, "entry invalidation not delivered");
         }
     }
 }

@@ -8,6 +8,7 @@ mod fs;
 mod fuse;
 mod handles;
 mod inode;
+mod kept;
 mod kernel_mount;
 mod local;
 mod running_hash;
@@ -34,7 +35,8 @@ use crate::client::{Credentials, Remote};
 from NETDISK_PASSWORD, else the password file (never the command line).\n\n\
 As a mount helper (installed as /sbin/mount.fuse.netdisk): mount -t fuse.netdisk USER@HOST:PORT MOUNTPOINT \
 -o password_file=FILE,... ; in /etc/fstab: USER@HOST:PORT MOUNTPOINT fuse.netdisk password_file=FILE,_netdev 0 0\n\n\
-See what a mount is doing: netdisk-mount status [MOUNTPOINT...] [--watch SECS]"
+See what a mount is doing: netdisk-mount status [MOUNTPOINT...] [--watch SECS]\n\
+Upload again, or drop, what a failed upload left: netdisk-mount retry|discard MOUNTPOINT [PATH...]"
 )]
 struct Cli {
     /// Server address, e.g. 192.0.2.10:7420 (or `server =` in the config file).
@@ -154,6 +156,41 @@ fn status_command(cli: StatusCli) -> anyhow::Result<()> {
     }
 }
 
+/// `netdisk-mount retry` and `netdisk-mount discard`: what to do with bytes kept after a failed upload.
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Upload again (retry) or remove (discard) the bytes a mount kept after an upload failed at close \
+(netdisk-mount status lists them)"
+)]
+struct KeptCli {
+    /// The mount they belong to.
+    mountpoint: PathBuf,
+    /// Paths within the mount, as status shows them (`/dir/file`) [default: everything kept].
+    paths: Vec<String>,
+}
+
+fn kept_command(retry: bool, cli: KeptCli) -> anyhow::Result<()> {
+    let status = status::read(&cli.mountpoint)?;
+    let chosen: Vec<&kept::Kept> =
+        status.kept.iter().filter(|k| cli.paths.is_empty() || cli.paths.contains(&k.path)).collect();
+    if let Some(missing) = cli.paths.iter().find(|p| !status.kept.iter().any(|k| &k.path == *p)) {
+        bail!("nothing is kept for {missing} on {}", cli.mountpoint.display());
+    }
+    let mut failed = Vec::new();
+    for k in chosen {
+        let done = if retry { kept::retry(&cli.mountpoint, k) } else { k.discard().map_err(Into::into) };
+        match done {
+            Ok(()) => println!("{} {}", if retry { "uploaded" } else { "discarded" }, k.path),
+            Err(e) => failed.push(format!("{}: {e:#}", k.path)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
 fn main() {
     // Upload chunks are 4 MiB buffers made on many threads. glibc would raise its mmap threshold after the first
     // one is freed and then keep such buffers in per-thread arenas; a fixed threshold of 2 MiB hands them back to
@@ -166,6 +203,13 @@ fn main() {
     if args.get(1).is_some_and(|a| a == "status") {
         init_logging(false);
         exit_on_error(status_command(StatusCli::parse_from(&args[1..])), None);
+        return;
+    }
+    if let Some(command) = args.get(1).filter(|a| *a == "retry" || *a == "discard") {
+        init_logging(false);
+        let cli =
+            KeptCli::parse_from(std::iter::once(format!("netdisk-mount {command}")).chain(args[2..].iter().cloned()));
+        exit_on_error(kept_command(command == "retry", cli), None);
         return;
     }
     let program = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
@@ -406,7 +450,7 @@ fn run(settings: settings::Settings, ready: &mut Option<std::fs::File>) -> anyho
         fuser::Session::new(filesystem, &mountpoint, &options)
     }
     .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
-    netfs.on_kernel_attrs_stale(fuse::attr_invalidator(session.notifier()));
+    netfs.on_kernel_cache(fuse::KernelNotifier(session.notifier()));
     let background = session.spawn()?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     report_ready(ready, &format!("mounted {} on {}", credentials.addr, mountpoint.display()));

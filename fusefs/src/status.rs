@@ -88,8 +88,11 @@ pub struct Status {
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
     pub uploads: Vec<UploadStatus>,
-    /// Files changed here and not uploaded yet (still open for writing, or kept after a failed upload).
+    /// Files changed here and not uploaded yet (still open for writing).
     pub waiting: Vec<String>,
+    /// Bytes kept after an upload failed at close: for `netdisk-mount retry` or `discard`.
+    #[serde(default)]
+    pub kept: Vec<crate::kept::Kept>,
     pub cache_used: u64,
     pub cache_limit: u64,
     pub cache_dir: String,
@@ -157,6 +160,12 @@ pub fn render(mountpoint: &Path, s: &Status) -> String {
         out += "waiting to upload: none\n";
     } else {
         out += &format!("waiting to upload: {}\n", s.waiting.join(", "));
+    }
+    if !s.kept.is_empty() {
+        out += &format!("kept after a failed upload (netdisk-mount retry|discard {} PATH):\n", mountpoint.display());
+    }
+    for k in &s.kept {
+        out += &format!("  {} ({}): {} [{}]\n", k.path, human_bytes(k.size), k.error, k.data.display());
     }
     out += &format!("cache: {} of {} in {}\n", human_bytes(s.cache_used), human_bytes(s.cache_limit), s.cache_dir);
     out

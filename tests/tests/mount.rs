@@ -262,6 +262,27 @@ fn a_directory_holding_a_file_being_written_is_not_empty() {
 }
 
 #[test]
+fn a_file_whose_directory_another_client_removed_fails_fsync_and_close() {
+    // Another client sees the directory empty (the file is still being written here) and removes it: the upload
+    // then has no place to go, and the writer must hear it, at fsync and at close, never get 0.
+    let f = fixture();
+    f.mount.sh_ok("mkdir c");
+    let mut file = std::fs::File::create(f.mount.join("c/f")).unwrap();
+    file.write_all(b"written while the directory went away\n").unwrap();
+    f.server.login("ann", "pw").rmdir("/c").expect("the server sees /c empty");
+    // Once this mount has seen /c go too, the file has no path at all here: still an error, not a silent success.
+    assert!(wait_until(VISIBILITY, || !f.mount.join("c").exists()), "the removal of /c reaches this mount");
+    let synced = file.sync_all();
+    assert!(synced.is_err(), "fsync reported success for an upload with no place to go");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: closing a descriptor this test owns (taken out of the File), once.
+    let rc = unsafe { libc::close(fd) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close reported success for an upload with no place to go");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "close: {err}");
+}
+
+#[test]
 fn setgid_directories_pass_on_their_group_as_on_ext4() {
     let f = fixture();
     f.mount
@@ -487,6 +508,51 @@ fn writes_beyond_the_quota_fail_with_edquot() {
     // Freeing space makes room again.
     f.mount.sh_ok("rm a && head -c 500000 /dev/urandom > c");
     assert_eq!((size_on_server("/a"), size_on_server("/c")), (None, Some(500_000)));
+}
+
+#[test]
+fn a_failed_upload_is_kept_listed_and_retried_or_discarded() {
+    let f = fixture();
+    let point = f.mount.path().to_str().expect("utf-8 path").to_string();
+    let staging = f.mount.work_dir().join("cache/staging");
+    let staged_files = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    let quota = |q: &str| assert!(f.server.admin(&["user", "quota", "ann", q], None).0);
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big.bin");
+    let data = random_bytes(41, 1_500_000);
+    write_file(&big, &data);
+    f.mount.sh_ok("echo small > a");
+    quota("1M");
+
+    // A new file: cp fails at close, the name is not shown (the server has none), the bytes are kept and listed.
+    let out = f.mount.sh(&format!("cp {} new.bin", big.display()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Disk quota exceeded"), "{out:?}");
+    assert_eq!(f.mount.sh_ok("ls"), "a\n", "names match the server after a failed upload");
+    let (ok, status) = mount_cli(&["status", &point]);
+    assert!(ok && status.contains("kept after a failed upload") && status.contains("/new.bin (1.4 MiB)"), "{status}");
+    // Retried once there is room: uploaded through the mount, then no longer kept.
+    quota("10M");
+    let (ok, out) = mount_cli(&["retry", &point, "/new.bin"]);
+    assert!(ok, "{out}");
+    assert_eq!(f.server.login("ann", "pw").read_file("/new.bin").unwrap(), data, "retried bytes on the server");
+    assert!(!mount_cli(&["status", &point]).1.contains("kept after"));
+    assert_eq!(staged_files(), 0, "nothing left in {}", staging.display());
+
+    // An existing file: its name shows the server's content; removing the name removes what was kept for it.
+    quota("1M");
+    assert!(!f.mount.sh(&format!("cp {} a", big.display())).status.success());
+    assert_eq!(f.mount.sh_ok("cat a"), "small\n");
+    assert!(mount_cli(&["status", &point]).1.contains("/a (1.4 MiB)"));
+    f.mount.sh_ok("rm a");
+    assert!(!mount_cli(&["status", &point]).1.contains("kept after"), "kept bytes went with their name");
+    assert_eq!(staged_files(), 0);
+
+    // Discarded on request.
+    assert!(!f.mount.sh(&format!("cp {} b", big.display())).status.success());
+    let (ok, out) = mount_cli(&["discard", &point, "/b"]);
+    assert!(ok && out.contains("discarded /b"), "{out}");
+    assert_eq!(staged_files(), 0);
+    assert!(!mount_cli(&["discard", &point, "/b"]).0, "nothing is kept for /b any more");
 }
 
 /// Runs `netdisk-mount ARGS`, bounded; returns success and stdout + stderr.
