@@ -85,4 +85,14 @@ mod tests {
         // A code from a newer server that this mount does not know.
         assert_eq!(errno_of("some_future_code"), libc::EIO);
     }
+
+    #[test]
+    fn a_bad_answer_is_eio() {
+        let bad = BadAnswer {
+            request: netdisk_protocol::Kind::Stat,
+            field: "attr.md5".into(),
+            problem: "not 32 hex digits".into(),
+        };
+        assert_eq!(FsError::Protocol(bad).errno(), libc::EIO);
+    }
 }
