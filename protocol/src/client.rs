@@ -303,3 +303,68 @@ impl<S: Read + Write> Client<S> {
 
 /// Rounds of `UploadFile` an upload may take (each one after a concurrent connection finished the content first).
 const UPLOAD_ATTEMPTS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_message;
+    use std::io::Cursor;
+
+    /// A stream whose reads come from answers written beforehand; writes go nowhere.
+    struct Scripted(Cursor<Vec<u8>>);
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn file(md5: &str) -> StatRes {
+        let t = Timespec { sec: 1, nsec: 0 };
+        let attr = Attr {
+            ino: 2,
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            md5: Some(md5.into()),
+        };
+        StatRes { attr }
+    }
+
+    #[test]
+    fn a_bad_answer_fails_the_call_and_ends_the_connection() {
+        let mut answers = encode_message(Kind::StatRes, 1, &file("/tmp/owned"), 0);
+        answers.extend(encode_message(Kind::StatRes, 2, &file(&crate::md5_hex(b"")), 0));
+        let mut client = Client::new(Scripted(Cursor::new(answers)));
+        match client.stat("/f") {
+            Err(ClientError::BadAnswer(bad)) => assert_eq!((bad.request, bad.field.as_str()), (Kind::Stat, "attr.md5")),
+            other => panic!("{other:?}"),
+        }
+        // The sound answer that follows is never read: the connection is not used again.
+        assert!(matches!(client.stat("/f"), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn an_error_answer_is_checked_too() {
+        let error = WireError::new(crate::ErrorCode::NotFound, "x".repeat(crate::answer::MAX_ERROR_MESSAGE + 1));
+        let answers = encode_message(Kind::Error, 1, &error, 0);
+        let mut client = Client::new(Scripted(Cursor::new(answers)));
+        assert!(matches!(client.stat("/f"), Err(ClientError::BadAnswer(bad)) if bad.field == "message"));
+    }
+}
