@@ -191,10 +191,10 @@ fn upload_answer(asked: &UploadFile, res: &UploadFileRes, proven: bool) -> Check
             })
         }
         UploadFileRes::Challenge { nonce, .. } => {
-            rule(!proven, "", || "a second challenge, in answer to a proof".into())?;
+            rule(!proven, "challenge", || "a second challenge, in answer to a proof".into())?;
             // A copy named by md5 alone is placed from the user's own content or refused, never challenged: the
             // mount proves ownership only of content it hashed itself.
-            rule(asked.sha256.is_some(), "", || "a challenge for content named without its SHA-256".into())?;
+            rule(asked.sha256.is_some(), "challenge", || "a challenge for content named without its SHA-256".into())?;
             rule(is_sha256_hex(nonce), "nonce", || format!("{} is not 64 hex digits", shown(nonce)))
         }
     }
@@ -337,7 +337,7 @@ impl Rules for ProveOwnership {
                 // Only content with bytes is challenged (an empty file is placed at once).
                 rule(*chunk_count >= 1, "chunk_count", || "0 chunks for content that has bytes".into())
             }
-            UploadFileRes::Challenge { .. } => Err(flaw("", "a second challenge, in answer to a proof")),
+            UploadFileRes::Challenge { .. } => Err(flaw("challenge", "a second challenge, in answer to a proof")),
         }
     }
 }
@@ -669,7 +669,7 @@ mod tests {
             assert_eq!(refused(&req, &challenge(nonce), 0), "nonce", "{nonce:?}");
         }
         let by_md5 = UploadFile { sha256: None, ..req.clone() };
-        assert_eq!(refused(&by_md5, &challenge(HEX64), 0), "");
+        assert_eq!(refused(&by_md5, &challenge(HEX64), 0), "challenge");
 
         let instant = |attr: Attr, dir: Option<Attr>| UploadFileRes::Instant { attr, dir };
         let placed = Attr { size: 100_000, ..file(5) };
@@ -692,7 +692,7 @@ mod tests {
         let asked = upload_request(100_000);
         let prove = ProveOwnership { challenge_id: 9, proof: HEX64.into() };
         let challenge = UploadFileRes::Challenge { challenge_id: 10, nonce: HEX64.into() };
-        assert_eq!(refused(&prove, &challenge, 0), "");
+        assert_eq!(refused(&prove, &challenge, 0), "challenge");
         assert_eq!(check_proven(&asked, &challenge).unwrap_err().request, Kind::ProveOwnership);
 
         let upload = |chunk_count| UploadFileRes::Upload { upload_id: 1, chunk_size: 65536, chunk_count };
