@@ -76,6 +76,8 @@ impl Cache {
         if data.len() as u64 > self.limit {
             return;
         }
+        // Defence in depth: every md5 in an answer is checked at the boundary (`netdisk_protocol::answer`), and
+        // this is the one place a path is built from one.
         if !netdisk_protocol::is_md5_hex(md5) {
             tracing::warn!(md5, "not caching a block named by something that is not an md5");
             return;

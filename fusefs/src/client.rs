@@ -1,11 +1,16 @@
 //! The connection pool to the server: several logged-in TCP connections, one request at a time on each,
 //! every call bounded by a timeout so that no FUSE request can hang on a dead server.
+//! Architecture Invariant: every answer is checked (`netdisk_protocol::answer`) before it leaves this file; a
+//! connection that brought a bad answer is closed, never pooled again.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use netdisk_protocol::frame::{encode_message, FrameHead};
-use netdisk_protocol::{DecodeError, Kind, Login, LoginRes, Request, WireError, HEAD_LEN};
+use netdisk_protocol::{
+    answer, BadAnswer, DecodeError, Kind, Login, LoginRes, ProveOwnership, Request, UploadFile, UploadFileRes,
+    WireError, HEAD_LEN,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -73,14 +78,22 @@ impl Connection {
             |e: serde_json::Error| connection_error(DecodeError::Json { kind: head.kind, reason: e.to_string() });
         if head.kind == Kind::Error {
             let err: WireError = serde_json::from_slice(&header).map_err(json)?;
+            answer::check_error(R::KIND, &err).map_err(rejected)?;
             return Err(FsError::Server(err));
         }
         if Some(head.kind) != R::KIND.response() {
             return Err(connection_error(format!("{:?} in answer to {:?}", head.kind, R::KIND)));
         }
         let res = serde_json::from_slice(&header).map_err(json)?;
+        req.check_answer(&res, body.len()).map_err(rejected)?;
         Ok((res, body))
     }
+}
+
+/// A bad answer, logged here once (its server strings cut and escaped); the caller drops the connection it came on.
+fn rejected(bad: BadAnswer) -> FsError {
+    tracing::warn!(error = %bad, "the server broke the protocol; closing that connection");
+    FsError::Protocol(bad)
 }
 
 impl Remote {
@@ -126,6 +139,17 @@ impl Session<'_> {
         Ok(self.call_with_payload(req, &[]).await?.0)
     }
 
+    /// Answers the ownership challenge the server gave for `asked` (on this session: the connection that asked it).
+    /// The answer is checked against `asked` too (its size fixes the chunk count of an upload).
+    pub async fn prove(&mut self, asked: &UploadFile, proof: &ProveOwnership) -> Result<UploadFileRes> {
+        let answer = self.call(proof).await?;
+        if let Err(bad) = answer::check_proven(asked, &answer) {
+            self.conn = None;
+            return Err(rejected(bad));
+        }
+        Ok(answer)
+    }
+
     /// Sends one request and waits for its answer, within the timeout. A pooled connection the server closed
     /// meanwhile (idle timeout, restart) gets one fresh try, unless this session already used it.
     pub async fn call_with_payload<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
@@ -155,6 +179,7 @@ impl Session<'_> {
                 }
                 answer
             }
+            // A broken connection or a bad answer (`FsError::Protocol`): the connection is dropped, never pooled.
             Ok(Err(e)) => Err(e),
             // The connection is dropped here, not pooled: closing it is what tells the server that this call was
             // given up (a long truncate then stops and never lands), and its late answer could never be matched.

@@ -1,15 +1,19 @@
 //! The mount's error type and the one table that turns every failure into an errno.
 
-use netdisk_protocol::{ErrorCode, WireError};
+use netdisk_protocol::{BadAnswer, ErrorCode, WireError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// The server answered with an error.
     #[error("server: {0}")]
     Server(#[from] WireError),
-    /// The server could not be reached, did not answer in time, or broke the protocol.
+    /// The server could not be reached, did not answer in time, or sent frames that do not decode.
     #[error("connection: {0}")]
     Connection(String),
+    /// The server's answer decoded but broke a rule of `netdisk_protocol::answer` (a hostile or broken server):
+    /// the call fails with EIO and the connection is closed. Logged once, where it is found (`client.rs`).
+    #[error("{0}")]
+    Protocol(#[from] BadAnswer),
     /// The local cache or staging directory failed.
     #[error("local i/o: {0}")]
     Local(#[from] std::io::Error),
@@ -44,7 +48,7 @@ impl FsError {
                     libc::EIO
                 }
             },
-            FsError::Connection(_) => libc::EIO,
+            FsError::Connection(_) | FsError::Protocol(_) => libc::EIO,
             FsError::Local(e) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::Errno(n) => *n,
         }
@@ -80,5 +84,15 @@ mod tests {
         assert_eq!(errno_of("io"), libc::EIO);
         // A code from a newer server that this mount does not know.
         assert_eq!(errno_of("some_future_code"), libc::EIO);
+    }
+
+    #[test]
+    fn a_bad_answer_is_eio() {
+        let bad = BadAnswer {
+            request: netdisk_protocol::Kind::Stat,
+            field: "attr.md5".into(),
+            problem: "not 32 hex digits".into(),
+        };
+        assert_eq!(FsError::Protocol(bad).errno(), libc::EIO);
     }
 }

@@ -962,7 +962,7 @@ impl NetFs {
             let mut answer = session.call(req).await?;
             if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
                 let proof = ownership_proof(proof_tag, nonce);
-                match session.call(&ProveOwnership { challenge_id: *challenge_id, proof }).await {
+                match session.prove(req, &ProveOwnership { challenge_id: *challenge_id, proof }).await {
                     Ok(a) => answer = a,
                     // The connection was replaced between question and answer: ask again.
                     Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => continue,

@@ -61,7 +61,8 @@ impl crate::fs::KernelCache for KernelNotifier {
 
 fn errno(e: &FsError) -> Errno {
     let n = e.errno();
-    if n == libc::EIO {
+    // A bad answer was logged where it was found (`client.rs`).
+    if n == libc::EIO && !matches!(e, FsError::Protocol(_)) {
         tracing::warn!(error = %e, "request failed");
     }
     Errno::from_i32(n)
@@ -78,8 +79,10 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
-/// A time from the server as the kernel gets it. The server may be hostile: nanoseconds past a second are cut to the
-/// last one, and a time `SystemTime` cannot hold becomes the epoch, never a panic of the worker thread.
+/// A time from the server as the kernel gets it. Answers are checked at the boundary (`netdisk_protocol::answer`:
+/// nanoseconds below a second, any second count); this conversion stays total anyway, as defence in depth for the
+/// kernel's side of the mount: nanoseconds past a second are cut to the last one, and a time `SystemTime` cannot
+/// hold becomes the epoch, never a panic of the worker thread.
 fn system_time(t: Timespec) -> SystemTime {
     let nanos = Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
     let whole = Duration::from_secs(t.sec.unsigned_abs());

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 
+use crate::answer::{check_error, check_proven, BadAnswer};
 use crate::content::{content_hashes, decode_salt, ContentHashes};
 use crate::error::{DecodeError, WireError};
 use crate::io::{read_frame, write_frame, Direction, FrameError};
@@ -20,6 +21,9 @@ pub enum ClientError {
     Server(#[from] WireError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The server's answer broke a rule of `answer.rs`; the client takes no further call on this connection.
+    #[error("{0}")]
+    BadAnswer(#[from] BadAnswer),
 }
 
 impl From<FrameError> for ClientError {
@@ -55,11 +59,13 @@ pub struct Client<S> {
     next_id: u64,
     /// The server's proof salt, from the login answer.
     proof_salt: Vec<u8>,
+    /// Set by a bad answer: a server that lied once is not asked again on this connection.
+    broken: bool,
 }
 
 impl<S: Read + Write> Client<S> {
     pub fn new(stream: S) -> Client<S> {
-        Client { stream, next_id: 1, proof_salt: Vec::new() }
+        Client { stream, next_id: 1, proof_salt: Vec::new(), broken: false }
     }
 
     pub fn stream(&self) -> &S {
@@ -70,12 +76,16 @@ impl<S: Read + Write> Client<S> {
         self.stream
     }
 
-    /// Sends one request with a payload and waits for its answer.
+    /// Sends one request with a payload and waits for its answer, which is checked (`answer.rs`) before it is
+    /// returned.
     pub fn call_with_payload<R: Request>(
         &mut self,
         req: &R,
         payload: &[u8],
     ) -> Result<(R::Response, Vec<u8>), ClientError> {
+        if self.broken {
+            return Err(ClientError::Protocol("this connection's server broke the protocol before".into()));
+        }
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.stream, R::KIND, id, req, payload)?;
@@ -89,13 +99,23 @@ impl<S: Read + Write> Client<S> {
         let json = |e: serde_json::Error| DecodeError::Json { kind: frame.head.kind, reason: e.to_string() };
         if frame.head.kind == Kind::Error {
             let err: WireError = serde_json::from_slice(&frame.header).map_err(json)?;
+            self.checked(check_error(R::KIND, &err))?;
             return Err(ClientError::Server(err));
         }
         if Some(frame.head.kind) != R::KIND.response() {
             return Err(ClientError::Protocol(format!("{:?} in answer to {:?}", frame.head.kind, R::KIND)));
         }
         let res = serde_json::from_slice(&frame.header).map_err(json)?;
+        self.checked(req.check_answer(&res, frame.payload.len()))?;
         Ok((res, frame.payload))
+    }
+
+    /// Passes a check's verdict on; a bad answer also ends this connection's use.
+    fn checked(&mut self, verdict: Result<(), BadAnswer>) -> Result<(), ClientError> {
+        verdict.map_err(|bad| {
+            self.broken = true;
+            ClientError::BadAnswer(bad)
+        })
     }
 
     pub fn call<R: Request>(&mut self, req: &R) -> Result<R::Response, ClientError> {
@@ -104,8 +124,9 @@ impl<S: Read + Write> Client<S> {
 
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginRes, ClientError> {
         let res = self.call(&Login { user: user.into(), password: password.into() })?;
+        // 64 hex digits: the answer check saw to it.
         self.proof_salt = decode_salt(&res.proof_salt)
-            .ok_or_else(|| ClientError::Protocol(format!("proof salt {:?} is not 64 hex digits", res.proof_salt)))?;
+            .ok_or_else(|| ClientError::Protocol("the proof salt is not 64 hex digits".into()))?;
         Ok(res)
     }
 
@@ -214,6 +235,7 @@ impl<S: Read + Write> Client<S> {
             if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
                 let proof = ownership_proof(&proof_tag, nonce);
                 answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proof })?;
+                self.checked(check_proven(&req, &answer))?;
             }
             match answer {
                 UploadFileRes::Instant { attr, .. } => {
@@ -226,6 +248,7 @@ impl<S: Read + Write> Client<S> {
                         return Ok(UploadOutcome { attr, instant: false, chunks_sent });
                     }
                 }
+                // A second challenge is a bad answer (`check_proven`): never here.
                 UploadFileRes::Challenge { .. } => return Err(ClientError::Protocol("a second challenge".into())),
             }
         }
@@ -280,3 +303,68 @@ impl<S: Read + Write> Client<S> {
 
 /// Rounds of `UploadFile` an upload may take (each one after a concurrent connection finished the content first).
 const UPLOAD_ATTEMPTS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_message;
+    use std::io::Cursor;
+
+    /// A stream whose reads come from answers written beforehand; writes go nowhere.
+    struct Scripted(Cursor<Vec<u8>>);
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn file(md5: &str) -> StatRes {
+        let t = Timespec { sec: 1, nsec: 0 };
+        let attr = Attr {
+            ino: 2,
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            md5: Some(md5.into()),
+        };
+        StatRes { attr }
+    }
+
+    #[test]
+    fn a_bad_answer_fails_the_call_and_ends_the_connection() {
+        let mut answers = encode_message(Kind::StatRes, 1, &file("/tmp/owned"), 0);
+        answers.extend(encode_message(Kind::StatRes, 2, &file(&crate::md5_hex(b"")), 0));
+        let mut client = Client::new(Scripted(Cursor::new(answers)));
+        match client.stat("/f") {
+            Err(ClientError::BadAnswer(bad)) => assert_eq!((bad.request, bad.field.as_str()), (Kind::Stat, "attr.md5")),
+            other => panic!("{other:?}"),
+        }
+        // The sound answer that follows is never read: the connection is not used again.
+        assert!(matches!(client.stat("/f"), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn an_error_answer_is_checked_too() {
+        let error = WireError::new(crate::ErrorCode::NotFound, "x".repeat(crate::answer::MAX_ERROR_MESSAGE + 1));
+        let answers = encode_message(Kind::Error, 1, &error, 0);
+        let mut client = Client::new(Scripted(Cursor::new(answers)));
+        assert!(matches!(client.stat("/f"), Err(ClientError::BadAnswer(bad)) if bad.field == "message"));
+    }
+}

@@ -21,7 +21,8 @@ pub enum DecodeError {
     NotARequest(crate::Kind),
     #[error("{0:?} is not a response")]
     NotAResponse(crate::Kind),
-    #[error("invalid JSON header for {kind:?}: {reason}")]
+    /// `reason` may quote what the peer sent: it is shown cut and escaped.
+    #[error("invalid JSON header for {kind:?}: {}", crate::answer::shown(.reason))]
     Json { kind: crate::Kind, reason: String },
 }
 
@@ -74,9 +75,9 @@ pub enum ErrorCode {
     Unknown,
 }
 
-/// An error response: a code to act on and a message for people.
+/// An error response: a code to act on and a message for people (shown cut and escaped: it comes from a peer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{code:?}: {message}")]
+#[error("{code:?}: {}", crate::answer::shown(.message))]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,

@@ -43,6 +43,7 @@
 //! | entries in one `GetDir` page | 512 |
 //! | file size | 16 TiB (`MAX_FILE_SIZE`, as ext4 with 4 KiB blocks) |
 
+pub mod answer;
 pub mod client;
 pub mod content;
 pub mod error;
@@ -53,6 +54,7 @@ pub mod kind;
 pub mod message;
 pub mod path;
 
+pub use answer::BadAnswer;
 pub use content::{constant_time_eq, is_md5_hex, is_sha256_hex, ownership_proof, ContentHasher, ContentHashes};
 pub use error::{DecodeError, ErrorCode, WireError};
 pub use frame::{FrameHead, HEAD_LEN, MAGIC, VERSION};

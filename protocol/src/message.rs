@@ -3,6 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::answer::{BadAnswer, Rules};
 use crate::error::{DecodeError, WireError};
 use crate::frame::encode_message;
 use crate::kind::Kind;
@@ -11,6 +12,10 @@ use crate::kind::Kind;
 pub trait Request: Serialize + DeserializeOwned {
     const KIND: Kind;
     type Response: Serialize + DeserializeOwned;
+
+    /// Checks a server's answer to this request (with `payload_len` bytes of payload) before anything uses it:
+    /// the rules of `answer.rs`. A client fails the call on a [`BadAnswer`] and closes that connection.
+    fn check_answer(&self, res: &Self::Response, payload_len: usize) -> Result<(), BadAnswer>;
 }
 
 /// Seconds and nanoseconds since the Unix epoch.
@@ -335,6 +340,10 @@ macro_rules! requests {
         $(impl Request for $name {
             const KIND: Kind = Kind::$name;
             type Response = $res;
+
+            fn check_answer(&self, res: &$res, payload_len: usize) -> Result<(), BadAnswer> {
+                Rules::check(self, res, payload_len).map_err(|flaw| flaw.answering(Kind::$name))
+            }
         })*
 
         /// Any request, decoded from a frame whose kind was validated first.

@@ -1,5 +1,6 @@
 //! Path rules shared by both ends: absolute, `/`-separated, no `.`/`..`/empty components, no NUL, bounded lengths.
-//! The server enforces them on every request; the client checks early to give a clear error.
+//! The server enforces them on every request; the client checks early to give a clear error, and checks every name
+//! a server lists with [`check_name`].
 
 use crate::{MAX_NAME, MAX_PATH};
 
@@ -15,6 +16,8 @@ pub enum PathError {
     Nul,
     #[error("path contains an empty, '.' or '..' component")]
     BadComponent,
+    #[error("a name contains '/'")]
+    Slash,
 }
 
 /// Splits a path into its names, validating it. `/` gives no names (the root).
@@ -30,17 +33,22 @@ pub fn components(path: &str) -> Result<Vec<&str>, PathError> {
         return Ok(Vec::new());
     }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    rest.split('/')
-        .map(|name| {
-            if name.is_empty() || name == "." || name == ".." {
-                Err(PathError::BadComponent)
-            } else if name.len() > MAX_NAME {
-                Err(PathError::NameTooLong)
-            } else {
-                Ok(name)
-            }
-        })
-        .collect()
+    rest.split('/').map(|name| check_name(name).map(|()| name)).collect()
+}
+
+/// Checks one name (a path component): not empty, `.` or `..`, no `/`, no NUL, at most [`MAX_NAME`] bytes.
+pub fn check_name(name: &str) -> Result<(), PathError> {
+    if name.is_empty() || name == "." || name == ".." {
+        Err(PathError::BadComponent)
+    } else if name.len() > MAX_NAME {
+        Err(PathError::NameTooLong)
+    } else if name.contains('\0') {
+        Err(PathError::Nul)
+    } else if name.contains('/') {
+        Err(PathError::Slash)
+    } else {
+        Ok(())
+    }
 }
 
 /// Joins a directory path and a name.
@@ -83,6 +91,26 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(components(path).unwrap_err(), want, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for name in ["a", "...", ".a", "a b", "\u{e9}", &"x".repeat(MAX_NAME)] {
+            assert_eq!(check_name(name), Ok(()), "{name:?}");
+        }
+        let long = "x".repeat(MAX_NAME + 1);
+        let cases: Vec<(&str, PathError)> = vec![
+            ("", PathError::BadComponent),
+            (".", PathError::BadComponent),
+            ("..", PathError::BadComponent),
+            ("a/b", PathError::Slash),
+            ("/", PathError::Slash),
+            ("a\0", PathError::Nul),
+            (&long, PathError::NameTooLong),
+        ];
+        for (name, want) in cases {
+            assert_eq!(check_name(name), Err(want), "{name:?}");
         }
     }
 }

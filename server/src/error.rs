@@ -34,7 +34,7 @@ impl From<PathError> for Error {
     fn from(e: PathError) -> Error {
         let code = match e {
             PathError::NameTooLong | PathError::TooLong => ErrorCode::NameTooLong,
-            PathError::NotAbsolute | PathError::Nul | PathError::BadComponent => ErrorCode::Invalid,
+            PathError::NotAbsolute | PathError::Nul | PathError::BadComponent | PathError::Slash => ErrorCode::Invalid,
         };
         Error::Wire(WireError::new(code, e.to_string()))
     }

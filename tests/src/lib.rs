@@ -21,6 +21,7 @@ use netdisk_protocol::{
 
 pub use netdisk_protocol;
 
+pub mod fake;
 pub mod mount;
 pub mod sshfs;
 pub mod store;

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -48,8 +49,13 @@ impl Mount {
 
     /// Like [`Mount::start_in`], with more `netdisk-mount` options (`--timeout 1`, `--connections 2` ...).
     pub fn start_with(server: &Server, user: &str, password: &str, dir: tempfile::TempDir, args: &[&str]) -> Mount {
+        Mount::start_at(server.addr(), user, password, dir, args)
+    }
+
+    /// Mounts whatever listens at `addr` (a fake server, say), with more `netdisk-mount` options.
+    pub fn start_at(addr: SocketAddr, user: &str, password: &str, dir: tempfile::TempDir, args: &[&str]) -> Mount {
         let mut cmd = Command::new(mount_bin());
-        cmd.arg("--server").arg(server.addr().to_string()).arg("--user").arg(user).env("NETDISK_PASSWORD", password);
+        cmd.arg("--server").arg(addr.to_string()).arg("--user").arg(user).env("NETDISK_PASSWORD", password);
         cmd.args(args);
         Mount::spawn(cmd, dir)
     }

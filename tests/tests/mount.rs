@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use netdisk_e2e::mount::{is_mounted, mount_must_fail, Mount};
 use netdisk_e2e::{random_bytes, wait_until, Server};
 
+#[path = "mount/hostile.rs"]
+mod hostile;
+
 /// The bound on seeing another mount's changes (the mount's default `--attr-timeout` is 1 s), with room for a slow CI machine.
 const VISIBILITY: Duration = Duration::from_secs(4);
 
