@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use netdisk_protocol::*;
-use tokio::sync::{OnceCell, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::OnceCell;
 
 use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
@@ -20,11 +19,10 @@ use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::{Inodes, ROOT};
 use crate::kept::KeptUploads;
 use crate::status::{self, Status, UploadBoard};
+use crate::upload::Uploader;
 
 /// Blocks fetched ahead of a sequential reader.
 const READAHEAD_BLOCKS: u64 = 8;
-/// Rounds of `UploadFile` one upload may take.
-const UPLOAD_ATTEMPTS: usize = 4;
 /// Attempts to fetch a listing that no concurrent change disturbed.
 const LISTING_ATTEMPTS: usize = 5;
 
@@ -110,6 +108,7 @@ pub struct NetFs {
     /// For the few synchronous entry points (`write`) that may need the server.
     rt: tokio::runtime::Handle,
     remote: Arc<Remote>,
+    uploader: Uploader,
     inodes: Mutex<Inodes>,
     open: Mutex<OpenFiles>,
     cache: Cache,
@@ -136,9 +135,11 @@ fn check_name(name: &str) -> Result<()> {
 
 impl NetFs {
     pub fn new(remote: Remote, root: Attr, cache: Cache, config: Config, rt: tokio::runtime::Handle) -> NetFs {
+        let remote = Arc::new(remote);
         NetFs {
             rt,
-            remote: Arc::new(remote),
+            uploader: Uploader::new(remote.clone(), config.upload_parallelism),
+            remote,
             inodes: Mutex::new(Inodes::new(root)),
             open: Mutex::new(OpenFiles::default()),
             cache,
@@ -910,16 +911,7 @@ impl NetFs {
         };
         let _change = self.mutations.begin();
         let ticket = self.uploads.start(ino, &path, s.size);
-        let (attr, dir) = if s.size > 0 && s.size <= MAX_INLINE_UPLOAD as u64 {
-            // A small file goes whole, in one round trip.
-            let bytes = s.range(0, s.size)?;
-            match self.remote.call_with_payload(&req, &bytes).await?.0 {
-                UploadFileRes::Instant { attr, dir } => (attr, dir),
-                other => return Err(FsError::Connection(format!("a file sent whole was answered with {other:?}"))),
-            }
-        } else {
-            self.upload_by_md5(&req, &hashes.proof_tag, s, &ticket.sent).await?
-        };
+        let (attr, dir) = self.uploader.send(req, hashes.proof_tag.clone(), s, &ticket.sent).await?;
         drop(ticket);
         tracing::debug!(%path, size = s.size, secs = started.elapsed().as_secs_f64(), "uploaded");
         s.dirty = false;
@@ -943,111 +935,6 @@ impl NetFs {
             self.kernel_attrs_stale(dir);
         }
         Ok(())
-    }
-
-    /// Names the content by md5 first: instant when the server holds it (after proving ownership when it is
-    /// another user's), else the chunks it lacks, several at once.
-    /// Returns the file's attributes and, when the server sent them, its directory's.
-    async fn upload_by_md5(
-        &self,
-        req: &UploadFile,
-        proof_tag: &str,
-        s: &Staging,
-        sent: &Arc<AtomicU64>,
-    ) -> Result<(Attr, Option<Attr>)> {
-        // Another connection (or mount) may finish the same content first: asking again then settles it.
-        for _ in 0..UPLOAD_ATTEMPTS {
-            // A challenge is answered on the connection that asked it.
-            let mut session = self.remote.session().await?;
-            let mut answer = session.call(req).await?;
-            if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
-                let proof = ownership_proof(proof_tag, nonce);
-                match session.prove(req, &ProveOwnership { challenge_id: *challenge_id, proof }).await {
-                    Ok(a) => answer = a,
-                    // The connection was replaced between question and answer: ask again.
-                    Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            drop(session);
-            match answer {
-                UploadFileRes::Instant { attr, dir } => {
-                    tracing::debug!(path = %req.path, "instant upload");
-                    return Ok((attr, dir));
-                }
-                UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
-                    match self.send_chunks(s, upload_id, chunk_size, chunk_count, sent).await {
-                        Ok(Some(attr)) => return Ok((attr, None)),
-                        Ok(None) => {}
-                        Err(e) if e.code() == Some(ErrorCode::UnknownUpload) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                UploadFileRes::Challenge { .. } => {
-                    return Err(FsError::Connection("a second ownership challenge".into()));
-                }
-            }
-        }
-        Err(FsError::Connection(format!("the upload of {} did not complete", req.path)))
-    }
-
-    /// Asks which chunks are missing (L3), then sends them over several connections at once.
-    async fn send_chunks(
-        &self,
-        s: &Staging,
-        upload_id: u64,
-        chunk_size: u32,
-        chunk_count: u32,
-        sent: &Arc<AtomicU64>,
-    ) -> Result<Option<Attr>> {
-        let mut needed = Vec::new();
-        let all: Vec<u32> = (0..chunk_count).collect();
-        if chunk_count == 1 {
-            // A one-chunk file is sent without asking first: if the server has it already, it just drops it.
-            needed.push(0);
-        } else {
-            for batch in all.chunks(MAX_QUERY_INDEXES) {
-                needed.extend(self.remote.call(&QueryChunk { upload_id, indexes: batch.to_vec() }).await?.needed);
-            }
-        }
-        let chunk_len = |index: u32| (s.size - index as u64 * chunk_size as u64).min(chunk_size as u64);
-        // What the server holds already counts as sent.
-        sent.store(s.size - needed.iter().map(|&i| chunk_len(i)).sum::<u64>(), Ordering::Relaxed);
-        let permits = Arc::new(Semaphore::new(self.config.upload_parallelism.max(1)));
-        let mut tasks: JoinSet<Result<Option<Attr>>> = JoinSet::new();
-        let mut complete = None;
-        for index in needed {
-            let permit = permits.clone().acquire_owned().await.map_err(|e| FsError::Connection(e.to_string()))?;
-            let offset = index as u64 * chunk_size as u64;
-            let len = (s.size - offset).min(chunk_size as u64);
-            let file = s.file.try_clone()?;
-            let remote = self.remote.clone();
-            let sent = sent.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len as usize];
-                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset).map(|()| buf)
-                })
-                .await
-                .map_err(|e| FsError::Connection(e.to_string()))??;
-                let req = UploadChunk { upload_id, index, crc32c: chunk_crc(&data) };
-                let (res, _) = remote.call_with_payload(&req, &data).await?;
-                sent.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(res.complete)
-            });
-            while let Some(done) = tasks.try_join_next() {
-                if let Some(attr) = done.map_err(|e| FsError::Connection(e.to_string()))?? {
-                    complete = Some(attr);
-                }
-            }
-        }
-        while let Some(done) = tasks.join_next().await {
-            if let Some(attr) = done.map_err(|e| FsError::Connection(e.to_string()))?? {
-                complete = Some(attr);
-            }
-        }
-        Ok(complete)
     }
 
     /// `copy_file_range` of a whole file into an empty one (what `cp` does): done on the server as an instant

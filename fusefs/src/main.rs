@@ -14,6 +14,7 @@ mod local;
 mod running_hash;
 mod settings;
 mod status;
+mod upload;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@ use crate::error::{DecodeError, WireError};
 use crate::io::{read_frame, write_frame, Direction, FrameError};
 use crate::kind::Kind;
 use crate::message::*;
-use crate::{chunk_crc, ownership_proof, MAX_DIR_PAGE, MAX_PAYLOAD, MAX_QUERY_INDEXES};
+use crate::upload::{Carry, Done, Next, Upload, UploadError};
+use crate::{chunk_crc, MAX_DIR_PAGE, MAX_PAYLOAD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -206,8 +207,6 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
-    /// Uploads `data` to `path` the way a real client does: instant when the server holds the content,
-    /// an ownership proof when it asks for one, otherwise only the chunks it lacks.
     /// Uploads a small file (at most [`MAX_INLINE_UPLOAD`](crate::MAX_INLINE_UPLOAD) bytes) whole, in one round
     /// trip: the bytes travel inside the `UploadFile`, whether or not the server holds them already.
     pub fn upload_inline(&mut self, path: &str, data: &[u8], mode: u32) -> Result<Attr, ClientError> {
@@ -219,45 +218,27 @@ impl<S: Read + Write> Client<S> {
             )));
         }
         let req = self.upload_request(path, data, mode);
-        match self.call_with_payload(&req, data)?.0 {
-            UploadFileRes::Instant { attr, .. } => Ok(attr),
-            other => Err(ClientError::Protocol(format!("a file sent whole was answered with {other:?}"))),
-        }
+        let proof_tag = self.hashes(data).proof_tag;
+        let mut up = Upload::new(req, proof_tag, Carry::Inline);
+        let first = up.start()?;
+        Ok(self.drive(&mut up, first, data)?.ok_or_else(|| ClientError::Protocol("no answer".into()))?.attr)
     }
 
+    /// Uploads `data` to `path` the way a real client does (the conversation of `upload.rs`): instant when the
+    /// server holds the content, an ownership proof when it asks for one, otherwise only the chunks it lacks.
     pub fn upload(&mut self, path: &str, data: &[u8], mode: u32) -> Result<UploadOutcome, ClientError> {
         let req = self.upload_request(path, data, mode);
         let proof_tag = self.hashes(data).proof_tag;
-        let mut chunks_sent = 0;
-        // Another connection may finish (or take over) the same content meanwhile: then asking again settles it.
-        for _ in 0..UPLOAD_ATTEMPTS {
-            let mut answer = self.call(&req)?;
-            if let UploadFileRes::Challenge { challenge_id, nonce } = &answer {
-                let proof = ownership_proof(&proof_tag, nonce);
-                answer = self.call(&ProveOwnership { challenge_id: *challenge_id, proof })?;
-                self.checked(check_proven(&req, &answer))?;
-            }
-            match answer {
-                UploadFileRes::Instant { attr, .. } => {
-                    return Ok(UploadOutcome { attr, instant: chunks_sent == 0, chunks_sent });
-                }
-                UploadFileRes::Upload { upload_id, chunk_size, chunk_count } => {
-                    let (done, sent) = self.send_missing_chunks(upload_id, chunk_size, chunk_count, data)?;
-                    chunks_sent += sent;
-                    if let Some(attr) = done {
-                        return Ok(UploadOutcome { attr, instant: false, chunks_sent });
-                    }
-                }
-                // A second challenge is a bad answer (`check_proven`): never here.
-                UploadFileRes::Challenge { .. } => return Err(ClientError::Protocol("a second challenge".into())),
-            }
-        }
-        Err(ClientError::Protocol(format!("upload of {path} did not complete after {UPLOAD_ATTEMPTS} attempts")))
+        let mut up = Upload::new(req, proof_tag, Carry::ByHash);
+        let first = up.start()?;
+        let done = self.drive(&mut up, first, data)?.ok_or_else(|| ClientError::Protocol("no answer".into()))?;
+        Ok(UploadOutcome { attr: done.attr, instant: done.instant, chunks_sent: done.chunks_sent })
     }
 
-    /// Asks which chunks are missing (L3 step one) and sends each (step two).
-    /// Returns the file's attributes if a chunk completed it, and how many chunks were sent. `None` means the
-    /// upload ended without this connection completing it (another connection finished it): ask `UploadFile` again.
+    /// Continues an upload the server opened (`UploadFileRes::Upload`): asks which chunks are missing (L3 step
+    /// one) and sends each (step two). Returns the file's attributes if a chunk completed it, and how many chunks
+    /// were sent. `None` means the upload ended without this connection completing it (another connection
+    /// finished it): ask `UploadFile` again.
     pub fn send_missing_chunks(
         &mut self,
         upload_id: u64,
@@ -265,44 +246,82 @@ impl<S: Read + Write> Client<S> {
         chunk_count: u32,
         data: &[u8],
     ) -> Result<(Option<Attr>, u32), ClientError> {
-        let mut sent = 0;
-        let all: Vec<u32> = (0..chunk_count).collect();
-        for batch in all.chunks(MAX_QUERY_INDEXES) {
-            // A one-chunk file is sent without asking first: if the server has it already, it just drops it.
-            let needed = if chunk_count == 1 {
-                vec![0]
-            } else {
-                match self.call(&QueryChunk { upload_id, indexes: batch.to_vec() }) {
-                    Ok(res) => res.needed,
-                    Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent)),
-                    Err(e) => return Err(e),
+        let (mut up, first) = Upload::opened(data.len() as u64, upload_id, chunk_size, chunk_count)?;
+        let done = self.drive(&mut up, first, data)?;
+        Ok((done.map(|d| d.attr), up.chunks_sent()))
+    }
+
+    /// Drives an upload's conversation one request at a time, from `next`. `None`: it wants to ask `UploadFile`
+    /// again after being opened from outside ([`Upload::opened`]), which only the opener can do.
+    fn drive(&mut self, up: &mut Upload, mut next: Next, data: &[u8]) -> Result<Option<Done>, ClientError> {
+        loop {
+            next = match next {
+                Next::Ask { .. } if !up.can_ask() => return Ok(None),
+                Next::Ask { request, inline } => {
+                    let payload = if inline { data } else { &[] };
+                    let answer = self.call_with_payload(&request, payload).map(|(res, _)| res);
+                    up.on_answer(refusal(answer)?)?
                 }
-            };
-            for index in needed {
-                let start = index as usize * chunk_size as usize;
-                let end = (start + chunk_size as usize).min(data.len());
-                let bytes = data
-                    .get(start..end)
-                    .ok_or_else(|| ClientError::Protocol(format!("server asked for chunk {index} beyond the data")))?;
-                let req = UploadChunk { upload_id, index, crc32c: chunk_crc(bytes) };
-                match self.call_with_payload(&req, bytes) {
-                    Ok((res, _)) => {
-                        sent += 1;
-                        if res.complete.is_some() {
-                            return Ok((res.complete, sent));
-                        }
+                Next::Prove(proof) => {
+                    let answer = self.call(&proof);
+                    if let Ok(answer) = &answer {
+                        self.checked(check_proven(up.request(), answer))?;
                     }
-                    Err(e) if e.code() == Some(crate::ErrorCode::UnknownUpload) => return Ok((None, sent + 1)),
-                    Err(e) => return Err(e),
+                    up.on_answer(refusal(answer)?)?
                 }
+                Next::Query(query) => up.on_needed(refusal(self.call(&query))?)?,
+                Next::Send { upload_id, chunk_size, indexes } => {
+                    let (sent, outcome) = self.send_chunks(upload_id, chunk_size, &indexes, data)?;
+                    up.on_sent(sent, outcome)?
+                }
+                Next::Done(done) => return Ok(Some(done)),
             }
         }
-        Ok((None, sent))
+    }
+
+    /// Sends these chunks one by one until one completes the file or is refused.
+    fn send_chunks(
+        &mut self,
+        upload_id: u64,
+        chunk_size: u32,
+        indexes: &[u32],
+        data: &[u8],
+    ) -> Result<(u32, Result<Option<Attr>, WireError>), ClientError> {
+        for (sent, &index) in (1..).zip(indexes) {
+            let start = index as usize * chunk_size as usize;
+            let end = (start + chunk_size as usize).min(data.len());
+            let bytes = data
+                .get(start..end)
+                .ok_or_else(|| ClientError::Protocol(format!("server asked for chunk {index} beyond the data")))?;
+            let req = UploadChunk { upload_id, index, crc32c: chunk_crc(bytes) };
+            match refusal(self.call_with_payload(&req, bytes))? {
+                Ok((res, _)) if res.complete.is_some() => return Ok((sent, Ok(res.complete))),
+                Ok(_) => {}
+                Err(e) => return Ok((sent, Err(e))),
+            }
+        }
+        Ok((indexes.len() as u32, Ok(None)))
     }
 }
 
-/// Rounds of `UploadFile` an upload may take (each one after a concurrent connection finished the content first).
-const UPLOAD_ATTEMPTS: usize = 4;
+/// A call's outcome as the upload conversation takes it: the server's refusal is an answer; anything else (the
+/// connection, a bad answer) ends the upload here.
+fn refusal<T>(outcome: Result<T, ClientError>) -> Result<Result<T, WireError>, ClientError> {
+    match outcome {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(ClientError::Server(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+impl From<UploadError> for ClientError {
+    fn from(e: UploadError) -> ClientError {
+        match e {
+            UploadError::Server(e) => ClientError::Server(e),
+            UploadError::Protocol(why) => ClientError::Protocol(why),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -53,6 +53,7 @@ pub mod io;
 pub mod kind;
 pub mod message;
 pub mod path;
+pub mod upload;
 
 pub use answer::BadAnswer;
 pub use content::{constant_time_eq, is_md5_hex, is_sha256_hex, ownership_proof, ContentHasher, ContentHashes};
