@@ -1,20 +1,6 @@
 //! `netdisk-mount`: mounts a netdisk store (remote, or a local server it starts with `--local`) as a directory.
 //! It stays in the foreground and unmounts cleanly on SIGINT/SIGTERM or on `fusermount3 -u`/`umount`.
 
-mod cache;
-mod client;
-mod error;
-mod fs;
-mod fuse;
-mod handles;
-mod inode;
-mod kept;
-mod kernel_mount;
-mod local;
-mod running_hash;
-mod settings;
-mod status;
-mod upload;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +11,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::client::{Credentials, Remote};
+use netdisk_fusefs::client::{Credentials, Remote};
+use netdisk_fusefs::{cache, fs, fuse, kept, kernel_mount, local, settings, status};
 
 #[derive(Parser)]
 #[command(
