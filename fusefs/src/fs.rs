@@ -16,7 +16,7 @@ use crate::cache::{Cache, BLOCK};
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
 use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
-use crate::inode::{Inodes, ROOT};
+use crate::inode::{Inodes, NoPath, ROOT};
 use crate::kept::KeptUploads;
 use crate::status::{self, Status, UploadBoard};
 use crate::upload::Uploader;
@@ -126,6 +126,14 @@ fn not_found() -> FsError {
     FsError::Errno(libc::ENOENT)
 }
 
+/// ENOENT for a name that is gone, ENAMETOOLONG for a path longer than the server takes.
+fn no_path(e: NoPath) -> FsError {
+    match e {
+        NoPath::Gone => not_found(),
+        NoPath::TooLong => FsError::Errno(libc::ENAMETOOLONG),
+    }
+}
+
 fn check_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME {
         return errno(libc::ENAMETOOLONG);
@@ -178,12 +186,12 @@ impl NetFs {
     }
 
     fn path(&self, ino: u64) -> Result<String> {
-        self.inodes().path(ino).ok_or_else(not_found)
+        self.inodes().path(ino).map_err(no_path)
     }
 
     fn child_path(&self, parent: u64, name: &str) -> Result<String> {
         check_name(name)?;
-        self.inodes().child_path(parent, name).ok_or_else(not_found)
+        self.inodes().child_path(parent, name).map_err(no_path)
     }
 
     /// Attributes to report: the server's, with size and mtime of content staged here.
@@ -608,9 +616,8 @@ impl NetFs {
     pub async fn create(&self, parent: u64, name: &str, mode: u32, owner: Owner, pid: u32) -> Result<(Entry, u64)> {
         check_name(name)?;
         let (owner, mode) = self.inherited(parent, owner, mode, false);
-        if self.inodes().path(parent).is_none() {
-            return Err(not_found());
-        }
+        // A name the server could never be told about fails now, not at the upload.
+        self.child_path(parent, name)?;
         let mut staging =
             Staging::create(&self.config.staging_dir, mode & 0o7777, owner, self.config.proof_salt.clone())?;
         let t = now();
@@ -895,9 +902,15 @@ impl NetFs {
         if !s.dirty || s.unlinked {
             return Ok(());
         }
-        // Unlinked here (`unlinked` is set then): nothing to upload. Nameless otherwise: its directory went away on
-        // the server (removed by another client) and the bytes have nowhere to go, which the writer must hear.
-        let Some(path) = self.inodes().path(ino) else { return Err(not_found()) };
+        let path = match self.inodes().path(ino) {
+            Ok(path) => path,
+            // Unlinked here (`unlinked` is set then, so this is not reached): nothing to upload. Nameless otherwise:
+            // its directory went away on the server (removed by another client) and the bytes have nowhere to go,
+            // which the writer must hear.
+            Err(NoPath::Gone) => return Err(not_found()),
+            // A directory above was renamed since the file was created: the staged data stays for a retry.
+            Err(NoPath::TooLong) => return Err(no_path(NoPath::TooLong)),
+        };
         let started = std::time::Instant::now();
         let hashes = tokio::task::block_in_place(|| s.hashes())?;
         let req = UploadFile {
@@ -958,7 +971,7 @@ impl NetFs {
         if s.size != 0 || s.remote_content.is_some() || s.unlinked {
             return unsupported();
         }
-        let Some(path) = self.inodes().path(ino_out) else { return unsupported() };
+        let Ok(path) = self.inodes().path(ino_out) else { return unsupported() };
         // Named by md5 alone: the server places it only if this user holds exactly one content with that md5.
         let req = UploadFile {
             path,
@@ -1038,7 +1051,7 @@ impl NetFs {
         let mut waiting: Vec<String> = uploading
             .into_iter()
             .filter(|&ino| self.uploads.progress(ino).is_none() && self.waiting(ino))
-            .filter_map(|ino| self.inodes().path(ino))
+            .filter_map(|ino| self.inodes().path(ino).ok())
             .collect();
         waiting.sort();
         Status {

@@ -5,9 +5,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use netdisk_protocol::Attr;
+use netdisk_protocol::{Attr, MAX_DEPTH, MAX_PATH};
 
 pub const ROOT: u64 = 1;
+
+/// Why an inode has no path to ask the server about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPath {
+    /// It has no name any more (unlinked, or not known here): ENOENT.
+    Gone,
+    /// Its path from the mount's root is longer than the protocol carries (`MAX_PATH` bytes, `MAX_DEPTH` names):
+    /// ENAMETOOLONG, as a local file system gives for a path past its limits.
+    TooLong,
+}
 
 pub struct Inode {
     /// Parent directory of the primary name; 0 once the last name is gone (unlinked but maybe still open).
@@ -73,27 +83,47 @@ impl Inodes {
         self.nodes.get_mut(&ino)
     }
 
-    /// The server path of an inode, or `None` if it has no name any more.
-    pub fn path(&self, ino: u64) -> Option<String> {
-        let mut names = Vec::new();
-        let mut at = ino;
-        for _ in 0..=netdisk_protocol::MAX_PATH {
-            if at == ROOT {
-                names.reverse();
-                return Some(format!("/{}", names.join("/")));
-            }
-            let node = self.nodes.get(&at)?;
-            if node.parent == 0 {
-                return None;
-            }
-            names.push(node.name.as_str());
-            at = node.parent;
-        }
-        None
+    /// The server path of an inode.
+    pub fn path(&self, ino: u64) -> Result<String, NoPath> {
+        self.path_with(ino, None)
     }
 
-    pub fn child_path(&self, parent: u64, name: &str) -> Option<String> {
-        self.path(parent).map(|p| netdisk_protocol::path::join(&p, name))
+    /// The server path of `name` in directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &str) -> Result<String, NoPath> {
+        self.path_with(parent, Some(name))
+    }
+
+    /// Walks up from `ino` to the root: at most `MAX_DEPTH` steps, whatever the table holds (a cycle a hostile
+    /// server built included), and never a path the server would refuse or a request could not carry.
+    fn path_with(&self, ino: u64, child: Option<&str>) -> Result<String, NoPath> {
+        let too_long = |names: &[&str], len: usize| names.len() > MAX_DEPTH || len > MAX_PATH;
+        let mut names: Vec<&str> = child.into_iter().collect();
+        let mut len = child.map_or(0, |name| 1 + name.len());
+        let mut at = ino;
+        while at != ROOT {
+            let node = self.nodes.get(&at).ok_or(NoPath::Gone)?;
+            if node.parent == 0 {
+                return Err(NoPath::Gone);
+            }
+            names.push(node.name.as_str());
+            len += 1 + node.name.len();
+            if too_long(&names, len) {
+                return Err(NoPath::TooLong);
+            }
+            at = node.parent;
+        }
+        if too_long(&names, len) {
+            return Err(NoPath::TooLong);
+        }
+        if names.is_empty() {
+            return Ok("/".to_string());
+        }
+        let mut path = String::with_capacity(len);
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(name);
+        }
+        Ok(path)
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
@@ -301,7 +331,43 @@ mod tests {
         assert_eq!(t.child(a, "f"), None);
         t.remember(a, "f", attr(102, NodeKind::File));
         assert_eq!(t.detach(a, "f"), Some(f));
-        assert_eq!(t.path(f), None);
+        assert_eq!(t.path(f), Err(NoPath::Gone));
+    }
+
+    #[test]
+    fn paths_past_the_protocol_limits_are_too_long() {
+        let mut t = Inodes::new(attr(100, NodeKind::Dir));
+        assert_eq!(t.path(ROOT).unwrap(), "/");
+        assert_eq!(t.child_path(ROOT, "a").unwrap(), "/a");
+        // Directories of 255-byte names: 127 of them make a path of MAX_PATH - 256 bytes.
+        let name = |i: usize| format!("{i:03}{}", "d".repeat(netdisk_protocol::MAX_NAME - 3));
+        let mut dir = ROOT;
+        for i in 0..MAX_PATH / 256 - 1 {
+            dir = t.remember(dir, &name(i), attr(1000 + i as u64, NodeKind::Dir));
+        }
+        assert_eq!(t.path(dir).unwrap().len(), MAX_PATH - 256);
+        assert_eq!(t.child_path(dir, &"f".repeat(255)).unwrap().len(), MAX_PATH, "exactly the limit");
+        assert_eq!(t.child_path(dir, &"f".repeat(256)), Err(NoPath::TooLong), "one byte past it");
+        let last = t.remember(dir, &"f".repeat(255), attr(5000, NodeKind::Dir));
+        assert_eq!(t.path(last).unwrap().len(), MAX_PATH);
+        assert_eq!(t.child_path(last, "x"), Err(NoPath::TooLong));
+        // A name below it (the server listed it: a rename above made the path longer) has no path to send.
+        let below = t.remember(last, "x", attr(5001, NodeKind::File));
+        assert_eq!(t.path(below), Err(NoPath::TooLong));
+
+        // MAX_DEPTH names of one byte are a short path; one more name is too deep.
+        let mut dir = ROOT;
+        for i in 0..MAX_DEPTH {
+            dir = t.remember(dir, "x", attr(10_000 + i as u64, NodeKind::Dir));
+        }
+        assert_eq!(t.path(dir).unwrap(), "/x".repeat(MAX_DEPTH));
+        assert_eq!(t.child_path(dir, "y"), Err(NoPath::TooLong));
+
+        // A cycle (only a hostile server could make one) ends the walk too.
+        let a = t.remember(ROOT, "a", attr(20_000, NodeKind::Dir));
+        let b = t.remember(a, "b", attr(20_001, NodeKind::Dir));
+        t.remember(b, "a", attr(20_000, NodeKind::Dir));
+        assert_eq!(t.path(a), Err(NoPath::TooLong));
     }
 
     #[test]
@@ -312,6 +378,6 @@ mod tests {
         t.detach(ROOT, "y");
         assert_eq!(t.path(x).unwrap(), "/x");
         t.detach(ROOT, "x");
-        assert_eq!(t.path(x), None);
+        assert_eq!(t.path(x), Err(NoPath::Gone));
     }
 }

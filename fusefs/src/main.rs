@@ -1,7 +1,6 @@
 //! `netdisk-mount`: mounts a netdisk store (remote, or a local server it starts with `--local`) as a directory.
 //! It stays in the foreground and unmounts cleanly on SIGINT/SIGTERM or on `fusermount3 -u`/`umount`.
 
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

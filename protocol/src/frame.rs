@@ -163,4 +163,52 @@ mod tests {
         assert!(FrameHead::decode(&head_bytes(Kind::UploadFile as u8, 10, MAX_INLINE_UPLOAD + 1)).is_err());
         assert!(FrameHead::decode(&head_bytes(Kind::Stat as u8, 10, 1)).is_err());
     }
+
+    /// A path of exactly `MAX_PATH` bytes whose every byte but the slashes JSON writes as six (`\u0001`).
+    fn worst_path() -> String {
+        let name = "\u{1}".repeat(crate::MAX_NAME);
+        let path = format!("/{name}").repeat(crate::MAX_PATH / (crate::MAX_NAME + 1));
+        assert_eq!(path.len(), crate::MAX_PATH);
+        assert!(crate::path::components(&path).is_ok(), "a legal path");
+        path
+    }
+
+    #[test]
+    fn the_largest_legal_requests_fit_the_request_header() {
+        use crate::message::*;
+        let (path, other) = (worst_path(), worst_path());
+        let owner = Owner { uid: u32::MAX, gid: u32::MAX };
+        let t = Some(crate::Timespec { sec: i64::MIN, nsec: 999_999_999 });
+        let requests = [
+            AnyRequest::Rename(Rename { from: path.clone(), to: other.clone(), noreplace: true }),
+            AnyRequest::Link(Link { existing: path.clone(), new: other.clone() }),
+            AnyRequest::Symlink(Symlink { path: path.clone(), target: other.clone(), owner }),
+            AnyRequest::GetDir(GetDir {
+                path: path.clone(),
+                after: Some("\u{1}".repeat(crate::MAX_NAME)),
+                limit: u32::MAX,
+            }),
+            AnyRequest::UploadFile(UploadFile {
+                path: path.clone(),
+                size: u64::MAX,
+                md5: "f".repeat(32),
+                sha256: Some("f".repeat(64)),
+                mode: u32::MAX,
+                mtime: t,
+                owner,
+            }),
+        ];
+        let mut largest = 0;
+        for request in requests {
+            let bytes = request.encode(u64::MAX, 0);
+            let head = FrameHead::decode_request(&bytes[..HEAD_LEN].try_into().unwrap())
+                .unwrap_or_else(|e| panic!("{:?}: {e}", request.kind()));
+            assert_eq!(head.header_len as usize, bytes.len() - HEAD_LEN);
+            assert_eq!(AnyRequest::decode(head.kind, &bytes[HEAD_LEN..]).unwrap(), request);
+            largest = largest.max(head.header_len);
+        }
+        // Two paths of six bytes a byte, nearly all of the limit: the reasoning in MAX_REQUEST_HEADER holds.
+        assert!(largest > 12 * crate::MAX_PATH as u32 - 12 * 128, "largest header {largest}");
+        assert!(largest <= MAX_REQUEST_HEADER, "largest header {largest}");
+    }
 }

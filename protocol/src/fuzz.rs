@@ -8,7 +8,7 @@ use crate::io::{read_frame, Direction};
 use crate::kind::Kind;
 use crate::message::{AnyRequest, AnyResponse};
 use crate::path::{components, join, PathError};
-use crate::{MAX_NAME, MAX_PATH, MAX_REQUEST_HEADER, MAX_RESPONSE_HEADER};
+use crate::{MAX_DEPTH, MAX_NAME, MAX_PATH, MAX_REQUEST_HEADER, MAX_RESPONSE_HEADER};
 
 /// Reads `data` as a stream of frames, once as a server reads requests and once as a client reads responses, and
 /// checks every frame: a head decodes the same way whichever direction asks, a valid head re-encodes to its bytes,
@@ -143,12 +143,14 @@ fn check_path(path: &str) {
                 PathError::NameTooLong => names.any(|n| n.len() > MAX_NAME),
                 // A path is split at '/': none of its names can hold one.
                 PathError::Slash => false,
+                PathError::TooDeep => names.count() > MAX_DEPTH,
             };
             assert!(broken, "{path:?} refused with {e:?}");
             return;
         }
     };
     assert!(path.len() <= MAX_PATH && path.starts_with('/') && !path.contains('\0'), "{path:?} accepted");
+    assert!(names.len() <= MAX_DEPTH, "{path:?} accepted with {} names", names.len());
     for name in &names {
         assert!(!name.is_empty() && *name != "." && *name != "..", "{path:?} gave the name {name:?}");
         assert!(!name.contains('/') && name.len() <= MAX_NAME, "{path:?} gave the name {name:?}");

@@ -35,10 +35,11 @@
 //!
 //! | limit | value |
 //! |---|---|
-//! | request header | 64 KiB |
+//! | request header | 388 KiB (`MAX_REQUEST_HEADER`: two paths of `MAX_PATH` bytes, every byte escaped, fit) |
 //! | response header | 1 MiB |
 //! | payload | 16 MiB (`UploadFile`: 64 KiB) |
-//! | path | 4096 bytes, components of at most 255 bytes |
+//! | path | 32 KiB from the user's root (`MAX_PATH`), at most 2048 names (`MAX_DEPTH`) of at most 255 bytes (`MAX_NAME`) |
+//! | directory depth | 2048 below the user's root (`MAX_DEPTH`; a rename of a subtree included) |
 //! | chunk indexes in one `QueryChunk` | 4096 |
 //! | entries in one `GetDir` page | 512 |
 //! | file size | 16 TiB (`MAX_FILE_SIZE`, as ext4 with 4 KiB blocks) |
@@ -62,8 +63,13 @@ pub use frame::{FrameHead, HEAD_LEN, MAGIC, VERSION};
 pub use kind::Kind;
 pub use message::*;
 
-/// Largest JSON header of a request frame.
-pub const MAX_REQUEST_HEADER: u32 = 64 * 1024;
+/// Largest JSON header of a request frame. The largest legal request names two paths (`Rename`, `Link`; a
+/// `Symlink`'s path and target) of at most [`MAX_PATH`] bytes each. JSON may write a byte as six (a control byte
+/// becomes `\u00XX`; anything else takes at most two, `\"` or `\n`), so each path takes at most `6 * MAX_PATH`
+/// bytes; every other field (names of fields, numbers, an md5 and a SHA-256 in hex) takes well under 4 KiB in all.
+/// So every request a client may legally send fits, and the server's read buffer (`server/src/conn.rs`) is sized
+/// from this.
+pub const MAX_REQUEST_HEADER: u32 = (2 * 6 * MAX_PATH + 4096) as u32;
 /// Largest JSON header of a response frame (a page of directory entries).
 pub const MAX_RESPONSE_HEADER: u32 = 1024 * 1024;
 /// Largest payload of any frame: one upload chunk or one download range.
@@ -74,13 +80,16 @@ pub const MAX_INLINE_UPLOAD: u32 = 64 * 1024;
 /// Largest file the server stores (16 TiB, ext4's limit with 4 KiB blocks). Every size a client declares (an
 /// upload's, a truncate's) is checked against it: beyond it the answer is `FileTooBig` (EFBIG).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
-/// Longest path, in bytes.
-pub const MAX_PATH: usize = 4096;
-/// Deepest a directory may lie below its user's root (the root is at depth 0, `/a` at 1). A path of depth d takes
-/// at least 2d bytes (`/x` per level), so no path names anything deeper; a rename, which moves a whole subtree, is
-/// refused with `NameTooLong` when it would nest a directory deeper than this (the tree could otherwise grow
-/// deeper than any path reaches, and every walk of it without bound).
-pub const MAX_DEPTH: usize = MAX_PATH / 2;
+/// Longest path, in bytes, from the user's root (which the mount puts before every path it sends). Far past a
+/// local `PATH_MAX` (4096): a program's own path may be 4095 bytes relative to a directory that lies deep in
+/// the mount, and the mount's path to that directory comes on top of it.
+pub const MAX_PATH: usize = 32 * 1024;
+/// Deepest a directory may lie below its user's root (the root is at depth 0, `/a` at 1), and so the most names a
+/// path may have: every walk of a path, and of the tree above a directory, takes at most this many steps. A
+/// rename, which moves a whole subtree, is refused with `NameTooLong` when it would nest a directory deeper than
+/// this (the tree could otherwise grow deeper than any path reaches, and every walk of it without bound).
+/// An explicit number, not derived from [`MAX_PATH`]: the 2048 that a 4096-byte path of one-byte names reached.
+pub const MAX_DEPTH: usize = 2048;
 /// Longest single name (path component), in bytes.
 pub const MAX_NAME: usize = 255;
 /// Most chunk indexes a `QueryChunk` may ask about at once.

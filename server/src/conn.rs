@@ -123,8 +123,8 @@ fn within(deadline: Instant, timeout: Duration, what: &'static str) -> (Duration
     }
 }
 
-/// Room for a head, the largest request header, and some payload read along with them.
-const BUF_SIZE: usize = 256 * 1024;
+/// Room for a head, the largest request header (388 KiB), and some payload read along with them.
+const BUF_SIZE: usize = 512 * 1024;
 const _: () = assert!(BUF_SIZE >= HEAD_LEN + MAX_REQUEST_HEADER as usize);
 
 impl Conn {

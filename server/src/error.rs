@@ -33,7 +33,7 @@ pub fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Result<T> {
 impl From<PathError> for Error {
     fn from(e: PathError) -> Error {
         let code = match e {
-            PathError::NameTooLong | PathError::TooLong => ErrorCode::NameTooLong,
+            PathError::NameTooLong | PathError::TooLong | PathError::TooDeep => ErrorCode::NameTooLong,
             PathError::NotAbsolute | PathError::Nul | PathError::BadComponent | PathError::Slash => ErrorCode::Invalid,
         };
         Error::Wire(WireError::new(code, e.to_string()))

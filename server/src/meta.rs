@@ -683,7 +683,8 @@ impl Meta {
 
     // ---- changing the tree ----
 
-    /// A new directory is as deep as its path has names: never deeper than `MAX_DEPTH` (= `MAX_PATH / 2`).
+    /// A new directory is as deep as its path has names: never deeper than `MAX_DEPTH`, the most names a path may
+    /// have (`components`). So are new files, symlinks, special files and links, whose paths go through the same check.
     pub fn mkdir(&mut self, user: &User, path: &str, mode: u32, owner: Owner) -> Result<Attr> {
         let tx = self.write()?;
         let (parent, name) = resolve_parent(&tx, user, path)?;
@@ -1720,8 +1721,9 @@ fn has_entries(conn: &Connection, dir: i64) -> Result<bool> {
 
 /// True when `dir` is `node` or lies below it.
 fn is_ancestor_or_self(conn: &Connection, node: i64, mut dir: i64) -> Result<bool> {
-    // Directories have exactly one entry, so the parent chain is unique and ends at the root.
-    for _ in 0..=netdisk_protocol::MAX_PATH {
+    // Directories have exactly one entry, so the parent chain is unique and ends at the root. `dir` was reached
+    // by a path, which has at most MAX_DEPTH names: its chain to the root is no longer than that.
+    for _ in 0..=MAX_DEPTH {
         if dir == node {
             return Ok(true);
         }

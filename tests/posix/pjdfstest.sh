@@ -2,7 +2,9 @@
 # POSIX conformance: runs pjdfstest on a fresh netdisk mount (`netdisk-mount --local`) and on a local ext4
 # directory of the same machine, side by side, and prints passed/failed/skipped per group for both, then every
 # case whose outcome differs. Installs pjdfstest when it is missing. Run as root (the permission, owner and
-# device-node tests switch users and call mknod).
+# device-node tests switch users and call mknod). On netdisk, pjdfstest runs in a directory 28,672 bytes
+# (MAX_PATH - 4096) below the mount's root, bound onto a short path by deep-run.pl in a private mount namespace,
+# so that its path-length cases are 4,095-byte paths relative to a directory that deep.
 #
 #   tests/posix/pjdfstest.sh                 every group
 #   tests/posix/pjdfstest.sh chmod link      only cases whose name contains one of these words
@@ -38,9 +40,9 @@ cleanup() {
     rm -rf "$scratch"
 }
 trap cleanup EXIT
-mkdir -p "$scratch/ext4" "$scratch/mnt" "$scratch/secondary"
+mkdir -p "$scratch/ext4" "$scratch/mnt" "$scratch/secondary" "$scratch/deep"
 # The users pjdfstest switches to must reach both directories (mktemp makes its directory 0700).
-chmod 755 "$scratch" "$scratch/ext4" "$scratch/secondary"
+chmod 755 "$scratch" "$scratch/ext4" "$scratch/secondary" "$scratch/deep"
 
 # One configuration for both; the netdisk run also names the known differences (expected-failures.txt).
 expected=$(grep -v '^\s*#' tests/posix/expected-failures.txt | grep -v '^\s*$' | sed 's/.*/"&"/' | paste -sd, -)
@@ -62,17 +64,19 @@ if ! grep -q " $scratch/mnt " /proc/self/mounts; then
 fi
 
 # pjdfstest exits non-zero when a case fails: the comparison below reports it.
-run() { # NAME PATH SECONDARY_FS
-    local started=$SECONDS
-    NO_COLOR=1 CLICOLOR=0 timeout -s KILL 1800 pjdfstest -c "$scratch/$1.toml" -p "$2" -s "$3" "${patterns[@]}" \
-        >"$scratch/$1.out" 2>&1 || true
-    echo "$1: $(grep '^Summary' "$scratch/$1.out" || echo 'no summary (pjdfstest crashed or timed out)') [$((SECONDS - started)) s]"
+run() { # NAME PATH SECONDARY_FS [COMMAND TO RUN pjdfstest UNDER...]
+    local started=$SECONDS name=$1 path=$2 secondary=$3
+    shift 3
+    NO_COLOR=1 CLICOLOR=0 timeout -s KILL 1800 "$@" pjdfstest -c "$scratch/$name.toml" -p "$path" -s "$secondary" \
+        "${patterns[@]}" >"$scratch/$name.out" 2>&1 || true
+    echo "$name: $(grep '^Summary' "$scratch/$name.out" || echo 'no summary (pjdfstest crashed or timed out)') [$((SECONDS - started)) s]"
 }
 patterns=("$@")
 fs_type=$(findmnt -n -o FSTYPE -T "$scratch/ext4" 2>/dev/null || stat -f -c %T "$scratch/ext4")
 echo "pjdfstest $(pjdfstest --version | awk '{print $2}') on $(uname -sr); local directory: $fs_type"
 # Each run's secondary file system (for the EXDEV cases) is another one: ext4 for netdisk, tmpfs for ext4.
-run netdisk "$scratch/mnt" "$scratch/secondary"
+run netdisk "$scratch/deep" "$scratch/secondary" \
+    unshare --mount --propagation private perl tests/posix/deep-run.pl "$scratch/mnt" 28672 "$scratch/deep"
 run ext4 "$scratch/ext4" /dev/shm
 
 # One line per case: NAME OUTCOME (pass, fail, skip; an expected failure counts as fail).

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netdisk_e2e::mount::{is_mounted, mount_must_fail, Mount};
+use netdisk_e2e::netdisk_protocol::{MAX_NAME, MAX_PATH};
 use netdisk_e2e::{random_bytes, wait_until, Server};
 
 #[path = "mount/hostile.rs"]
@@ -262,6 +263,110 @@ fn a_directory_holding_a_file_being_written_is_not_empty() {
     assert!(lines[1].contains("Directory not empty"), "a rename over it: {out}");
     assert_eq!(lines[2], "data", "the file arrived whole: {out}");
     assert_eq!(f.mount.sh_ok("rm c/f && rmdir c && ls").trim(), "e", "once closed and removed, rmdir works");
+}
+
+/// A program sees a local file system's limits (issue 11): a relative path of 4,095 bytes (PATH_MAX less its NUL)
+/// works from a directory deep in the mount, although the mount sends the server the directory's own path too.
+#[test]
+fn a_relative_path_of_4095_bytes_works_deep_in_the_mount() {
+    let Fixture { mount, server } = fixture();
+    // A directory 1,999 bytes below the mount root, and below it 15 directories and a file of 255-byte names.
+    let prefix: Vec<String> = (0..8).map(|i| format!("{i}{}", "p".repeat(248))).collect();
+    let prefix = prefix.join("/");
+    let dirs: Vec<String> = (0..15).map(|i| format!("{i:02}{}", "d".repeat(MAX_NAME - 2))).collect();
+    let dirs = dirs.join("/");
+    let (file, moved) = (format!("{dirs}/{}", "f".repeat(MAX_NAME)), format!("{dirs}/{}", "g".repeat(MAX_NAME)));
+    assert_eq!((prefix.len(), file.len(), moved.len()), (1999, 4095, 4095));
+    let out = mount.sh_ok(&format!(
+        "mkdir -p {prefix} && cd {prefix} && mkdir -p {dirs} && echo hello > {file} && cat {file} && \
+         stat -c '%s %F' {file} && mv {file} {moved} && test ! -e {file} && cat {moved} && ls {dirs}"
+    ));
+    let g = "g".repeat(MAX_NAME);
+    assert_eq!(out, format!("hello\n6 regular file\nhello\n{g}\n"));
+    // The server holds it under its whole path, 6,096 bytes from the root.
+    let whole = format!("/{prefix}/{moved}");
+    assert_eq!(whole.len(), 6096);
+    let mut c = server.login("ann", "pw");
+    assert_eq!(c.read_file(&whole).expect("the file, by its whole path"), b"hello\n");
+    mount.sh_ok(&format!("cd {prefix} && rm {moved} && test ! -e {moved} && rm -r 00dd* && test -z \"$(ls -A)\""));
+    assert!(c.names(&format!("/{prefix}")).expect("list the prefix").is_empty());
+    mount.sh_ok("rm -r 0ppp* && test -z \"$(ls -A)\"");
+    drop(mount);
+    server.assert_fsck_clean();
+}
+
+/// Past the longest path the server takes (MAX_PATH bytes from the mount root), every call gets ENAMETOOLONG, never
+/// EIO; up to it, everything works. Built by perl one directory at a time (each call a short relative path), far
+/// deeper than any absolute path (4,095 bytes) could name.
+#[test]
+fn a_path_past_the_servers_limit_is_enametoolong() {
+    let Fixture { mount, server } = fixture();
+    assert_eq!(MAX_PATH % (MAX_NAME + 1), 0, "the levels below fill MAX_PATH exactly");
+    // Levels of 255-byte names reach MAX_PATH - 256; a last name of 255 bytes reaches MAX_PATH exactly, and inside a
+    // directory of 254 bytes any name is one byte too many.
+    let levels = MAX_PATH / (MAX_NAME + 1) - 1;
+    let script = r#"
+        use strict;
+        use Errno;
+        use POSIX ();
+        my ($levels) = @ARGV;
+        for my $i (1 .. $levels) {
+            my $d = sprintf("%03d", $i) . ("x" x 252);
+            mkdir($d) or die "mkdir at level $i: $!
+";
+            chdir($d) or die "chdir at level $i: $!
+";
+        }
+        my $max = "f" x 255;
+        open(my $h, ">", $max) or die "create at MAX_PATH: $!
+";
+        print $h "at the limit
+";
+        close($h) or die "close at MAX_PATH: $!
+";
+        open($h, "<", $max) or die "open at MAX_PATH: $!
+";
+        print scalar(<$h>);
+        close($h);
+        my $dir = "e" x 254;
+        mkdir($dir) or die "mkdir at MAX_PATH - 1: $!
+";
+        chdir($dir) or die "chdir at MAX_PATH - 1: $!
+";
+        my $x;
+        for my $call (
+            ["stat", sub { stat("a") }],
+            ["mkdir", sub { mkdir("a") }],
+            ["create", sub { open($x, ">", "a") }],
+            ["mkfifo", sub { POSIX::mkfifo("a", 0644) }],
+            ["symlink", sub { symlink("t", "a") }],
+            ["link", sub { link("../$max", "a") }],
+            ["rename", sub { rename("../$max", "a") }],
+        ) {
+            my ($what, $f) = @$call;
+            $! = 0;
+            my $ok = $f->();
+            print "$what: ", ($ok ? "succeeded" : $!{ENAMETOOLONG} ? "ENAMETOOLONG" : "$!"), "
+";
+        }
+        -e "../$max" or die "the file at MAX_PATH is gone
+";
+    "#;
+    let out = mount.sh_ok(&format!("perl -e '{}' {levels}", script.replace('\'', "'\\''")));
+    let want = "at the limit\nstat: ENAMETOOLONG\nmkdir: ENAMETOOLONG\ncreate: ENAMETOOLONG\nmkfifo: ENAMETOOLONG\n\
+                symlink: ENAMETOOLONG\nlink: ENAMETOOLONG\nrename: ENAMETOOLONG\n";
+    assert_eq!(out, want, "{}", mount.log_tail());
+    // The file at the limit is on the server, at a path of exactly MAX_PATH bytes.
+    let level = |i: usize| format!("/{i:03}{}", "x".repeat(252));
+    let at_limit: String = (1..=levels).map(level).collect::<String>() + "/" + &"f".repeat(MAX_NAME);
+    assert_eq!(at_limit.len(), MAX_PATH);
+    let mut c = server.login("ann", "pw");
+    assert_eq!(c.read_file(&at_limit).expect("the file at MAX_PATH"), b"at the limit\n");
+    // rm walks it down and removes it all (openat relative to each directory).
+    mount.sh_ok("rm -r 001x* && test -z \"$(ls -A)\"");
+    assert!(c.names("/").expect("list the root").is_empty());
+    drop(mount);
+    server.assert_fsck_clean();
 }
 
 #[test]

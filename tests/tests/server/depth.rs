@@ -1,12 +1,15 @@
-//! Directory depth: renames (which move whole subtrees) cannot nest directories deeper than any path can name, and
-//! fsck checks a tree however deep in memory linear in its size (a chain built directly in the database).
+//! Directory depth: no request (a mkdir, a new file, symlink, special file or link, a rename of a whole subtree)
+//! puts anything deeper than MAX_DEPTH, now that paths (MAX_PATH bytes) may be far longer than two bytes a level;
+//! and fsck checks a tree however deep in memory linear in its size (a chain built directly in the database).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netdisk_e2e::netdisk_protocol::{ErrorCode, MAX_DEPTH, MAX_NAME};
-use netdisk_e2e::{code_of, server_bin, ServerOpts, STOP_TIMEOUT};
+use netdisk_e2e::netdisk_protocol::{
+    ErrorCode, Link, Mknod, NodeKind, Owner, Symlink, MAX_DEPTH, MAX_INLINE_UPLOAD, MAX_NAME, MAX_PATH,
+};
+use netdisk_e2e::{code_of, random_bytes, server_bin, ServerOpts, STOP_TIMEOUT};
 use rusqlite::{params, Connection};
 
 use crate::{alice, server_with_alice};
@@ -35,6 +38,64 @@ fn a_rename_that_would_nest_directories_too_deep_is_refused() {
     c.rename("/c1", "/top", false).expect("a rename in place");
     c.rename("/top/c2", "/c0/c2", false).expect("a subtree moved to the same depth");
     c.rename("/c0/c2/c3", "/c3", false).expect("a subtree moved up");
+    server.assert_fsck_clean();
+}
+
+#[test]
+fn nothing_goes_below_the_depth_limit_whatever_the_path_length() {
+    let server = server_with_alice(ServerOpts::default().durability("normal"));
+    let mut c = alice(&server);
+    // A chain MAX_DEPTH deep made by mkdir alone, each naming the whole path: /d1/d2/.../d2048, names of two to
+    // five bytes, so the deepest path is ~10 KiB, past the 4096 bytes paths used to be limited to.
+    let mut above = String::new();
+    for i in 1..MAX_DEPTH {
+        above = format!("{above}/d{i}");
+        c.mkdir(&above, 0o755).unwrap_or_else(|e| panic!("mkdir at depth {i}: {e}"));
+    }
+    let deepest = format!("{above}/d{MAX_DEPTH}");
+    assert!(deepest.len() > 2 * 4096 && deepest.len() <= MAX_PATH, "{} bytes", deepest.len());
+    c.mkdir(&deepest, 0o755).expect("a directory exactly MAX_DEPTH deep");
+    assert_eq!(c.stat(&deepest).expect("stat the deepest").kind, NodeKind::Dir);
+
+    // At MAX_DEPTH itself a file works, through a path of MAX_DEPTH names.
+    let data = random_bytes(70, 3 * MAX_INLINE_UPLOAD as usize);
+    c.upload_inline(&format!("{above}/small"), b"small", 0o644).expect("a small file at depth MAX_DEPTH");
+    c.upload(&format!("{above}/big"), &data, 0o644).expect("a chunked file at depth MAX_DEPTH");
+    assert_eq!(c.read_file(&format!("{above}/big")).expect("read it back"), data);
+
+    // One level more, by any request, is refused with NameTooLong and nothing changes.
+    let below = |name: &str| format!("{deepest}/{name}");
+    let owner = Owner::default();
+    let refusals = [
+        ("mkdir", code_of(c.mkdir(&below("x"), 0o755), "mkdir")),
+        ("small file", code_of(c.upload_inline(&below("f"), b"small", 0o644), "a small file")),
+        ("chunked file", code_of(c.upload(&below("g"), &data, 0o644), "a chunked file")),
+        ("symlink", code_of(c.call(&Symlink { path: below("l"), target: "t".into(), owner }), "symlink")),
+        (
+            "mknod",
+            code_of(c.call(&Mknod { path: below("p"), kind: NodeKind::Fifo, mode: 0o644, rdev: 0, owner }), "mknod"),
+        ),
+        ("link", code_of(c.call(&Link { existing: format!("{above}/small"), new: below("h") }), "link")),
+        ("rename of a file", code_of(c.rename(&format!("{above}/small"), &below("m"), false), "rename a file")),
+    ];
+    for (what, code) in refusals {
+        assert_eq!(code, ErrorCode::NameTooLong, "{what} below depth MAX_DEPTH");
+    }
+    // Renames of directories: an empty one may land at MAX_DEPTH but not below it; one holding a directory may not
+    // land where that directory would pass the limit.
+    c.mkdir("/empty", 0o755).expect("mkdir /empty");
+    c.mkdir("/full", 0o755).expect("mkdir /full");
+    c.mkdir("/full/sub", 0o755).expect("mkdir /full/sub");
+    let code = code_of(c.rename("/empty", &below("empty"), false), "an empty directory below the limit");
+    assert_eq!(code, ErrorCode::NameTooLong);
+    let code = code_of(c.rename("/full", &format!("{above}/full"), false), "a subtree past the limit");
+    assert_eq!(code, ErrorCode::NameTooLong);
+    c.rename("/empty", &format!("{above}/empty"), false).expect("an empty directory at depth MAX_DEPTH");
+    assert!(c.names(&deepest).expect("list the deepest").is_empty(), "nothing landed below the limit");
+    let mut names = c.names(&above).expect("list the level above");
+    names.sort();
+    assert_eq!(names, ["big", "d2048", "empty", "small"], "nothing else moved");
+    assert_eq!(c.names("/full").expect("list /full"), ["sub"]);
     server.assert_fsck_clean();
 }
 

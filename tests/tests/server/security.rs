@@ -11,7 +11,7 @@ use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::{
     chunk_crc, md5_hex, ownership_proof, DeleteFile, Download, ErrorCode, FrameHead, GetDir, Kind, Link, Mkdir, Mknod,
     NodeKind, Owner, ProveOwnership, QueryChunk, ReadLink, Rename, Request, Rmdir, SetAttr, Stat, Symlink, UploadChunk,
-    UploadFileRes, MAX_PATH,
+    UploadFileRes, MAX_DEPTH, MAX_PATH,
 };
 use netdisk_e2e::{
     begin_upload, code_of, expect_code, json_string_field, random_bytes, read_response_frame, read_until_closed,
@@ -73,8 +73,10 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
     let user_tree_before = user_tree(&mut c, "/");
     let long_name = format!("/{}", "n".repeat(256));
     let long_name_deep = format!("/a/{}", "m".repeat(256));
-    let long_path = "/abcd".repeat(1000); // 5000 bytes of valid names
-    assert_eq!(long_path.len(), 5000);
+    let long_path = "/abcd".repeat(MAX_PATH / 5 + 1); // valid names, a few bytes past the limit
+    assert!(long_path.len() > MAX_PATH);
+    let deep_path = "/x".repeat(MAX_DEPTH + 1); // short, but one name more than any path may have
+    assert!(deep_path.len() < MAX_PATH);
     let table: Vec<String> = vec![
         "/..".into(),
         format!("/../{tag}"),
@@ -94,6 +96,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         long_name,
         long_name_deep,
         long_path,
+        deep_path,
         // Relative forms.
         "../x".into(),
         "./x".into(),
@@ -137,7 +140,8 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
     c.mkdir(&max_name, 0o755).expect("a 255-byte name is fine");
     c.rmdir(&max_name).expect("rmdir");
     // A path of exactly the longest length is a path (of names that do not exist), not a refusal.
-    expect_code(c.stat(&path_of_len(MAX_PATH)), ErrorCode::NotFound, "a path of exactly 4096 bytes");
+    expect_code(c.stat(&path_of_len(MAX_PATH)), ErrorCode::NotFound, "a path of exactly MAX_PATH bytes");
+    expect_code(c.stat(&"/x".repeat(MAX_DEPTH)), ErrorCode::NotFound, "a path of exactly MAX_DEPTH names");
 
     refused_on_the_wire(&server, &tag);
     backslashes_are_plain_bytes_of_a_name(&mut c, &tag);
