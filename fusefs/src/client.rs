@@ -1,8 +1,11 @@
-//! The connection pool to the server: several logged-in TCP connections, one request at a time on each,
-//! every call bounded by a timeout so that no FUSE request can hang on a dead server.
+//! The connection pool to the server: several logged-in connections, one request at a time on each, every call
+//! bounded by a timeout so that no FUSE request can hang on a dead server. Connections come from a [`Dialer`]: TCP
+//! in the mount, an in-process server in the fs layer's unit tests.
 //! Architecture Invariant: every answer is checked (`netdisk_protocol::answer`) before it leaves this file; a
 //! connection that brought a bad answer is closed, never pooled again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use netdisk_protocol::{
     answer, BadAnswer, DecodeError, Kind, Login, LoginRes, ProveOwnership, Request, UploadFile, UploadFileRes,
     WireError, HEAD_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -25,13 +28,45 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// A byte stream to the server.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub type Dialed<'a> = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Stream>>> + Send + 'a>>;
+
+/// Opens a new stream to the server (the transport: the pool logs in on it and speaks the protocol over it).
+pub trait Dialer: Send + Sync {
+    fn dial(&self) -> Dialed<'_>;
+    /// The server's address, for messages.
+    fn address(&self) -> String;
+}
+
+/// TCP to `addr`, without Nagle's delay (requests are small and each waits for its answer).
+pub struct Tcp(pub String);
+
+impl Dialer for Tcp {
+    fn dial(&self) -> Dialed<'_> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(&self.0).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Stream>)
+        })
+    }
+
+    fn address(&self) -> String {
+        self.0.clone()
+    }
+}
+
 struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     next_id: u64,
 }
 
 pub struct Remote {
-    credentials: Credentials,
+    dialer: Box<dyn Dialer>,
+    user: String,
+    password: String,
     idle: Mutex<Vec<Connection>>,
     slots: Semaphore,
     timeout: Duration,
@@ -42,15 +77,15 @@ fn connection_error(what: impl std::fmt::Display) -> FsError {
 }
 
 impl Connection {
-    async fn open(c: &Credentials, timeout: Duration) -> Result<(Connection, LoginRes)> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&c.addr))
+    async fn open(remote: &Remote) -> Result<(Connection, LoginRes)> {
+        let address = remote.dialer.address();
+        let stream = tokio::time::timeout(remote.timeout, remote.dialer.dial())
             .await
-            .map_err(|_| connection_error(format!("connecting to {} timed out", c.addr)))?
-            .map_err(|e| connection_error(format!("cannot connect to {}: {e}", c.addr)))?;
-        stream.set_nodelay(true).map_err(connection_error)?;
+            .map_err(|_| connection_error(format!("connecting to {address} timed out")))?
+            .map_err(|e| connection_error(format!("cannot connect to {address}: {e}")))?;
         let mut conn = Connection { stream, next_id: 1 };
-        let login = Login { user: c.user.clone(), password: c.password.clone() };
-        let (res, _) = tokio::time::timeout(timeout, conn.call(&login, &[]))
+        let login = Login { user: remote.user.clone(), password: remote.password.clone() };
+        let (res, _) = tokio::time::timeout(remote.timeout, conn.call(&login, &[]))
             .await
             .map_err(|_| connection_error("login timed out"))??;
         Ok((conn, res))
@@ -97,15 +132,35 @@ fn rejected(bad: BadAnswer) -> FsError {
 }
 
 impl Remote {
-    /// Connects and logs in once, so that a wrong address or password fails here, before anything is mounted.
+    /// Connects over TCP and logs in once, so that a wrong address or password fails here, before anything is
+    /// mounted.
     pub async fn connect(
         credentials: Credentials,
         connections: usize,
         timeout: Duration,
     ) -> Result<(Remote, LoginRes)> {
-        let (conn, login) = Connection::open(&credentials, timeout).await?;
-        let remote =
-            Remote { credentials, idle: Mutex::new(vec![conn]), slots: Semaphore::new(connections.max(1)), timeout };
+        let Credentials { addr, user, password } = credentials;
+        Remote::with_dialer(Box::new(Tcp(addr)), user, password, connections, timeout).await
+    }
+
+    /// Like [`Remote::connect`], over any transport.
+    pub async fn with_dialer(
+        dialer: Box<dyn Dialer>,
+        user: String,
+        password: String,
+        connections: usize,
+        timeout: Duration,
+    ) -> Result<(Remote, LoginRes)> {
+        let mut remote = Remote {
+            dialer,
+            user,
+            password,
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(connections.max(1)),
+            timeout,
+        };
+        let (conn, login) = Connection::open(&remote).await?;
+        remote.idle.get_mut().expect("pool lock").push(conn);
         Ok((remote, login))
     }
 
@@ -157,7 +212,7 @@ impl Session<'_> {
         let reused = self.conn.is_some();
         let mut conn = match self.conn.take() {
             Some(c) => c,
-            None => Connection::open(&self.remote.credentials, timeout).await?.0,
+            None => Connection::open(self.remote).await?.0,
         };
         match tokio::time::timeout(timeout, conn.call(req, payload)).await {
             Ok(Ok(answer)) => {
@@ -170,7 +225,7 @@ impl Session<'_> {
             }
             Ok(Err(FsError::Connection(why))) if reused => {
                 tracing::debug!(%why, "pooled connection failed; reconnecting");
-                let mut conn = Connection::open(&self.remote.credentials, timeout).await?.0;
+                let mut conn = Connection::open(self.remote).await?.0;
                 let answer = tokio::time::timeout(timeout, conn.call(req, payload))
                     .await
                     .map_err(|_| connection_error(format!("{:?} timed out", R::KIND)))?;

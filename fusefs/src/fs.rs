@@ -1075,3 +1075,6 @@ impl NetFs {
         self.upload(ino, &mut s).await
     }
 }
+
+#[cfg(test)]
+mod tests;

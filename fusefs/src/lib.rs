@@ -12,6 +12,8 @@ pub mod inode;
 pub mod kept;
 pub mod kernel_mount;
 pub mod local;
+#[cfg(test)]
+pub mod memory;
 pub mod running_hash;
 pub mod settings;
 pub mod status;
