@@ -1,11 +1,11 @@
 //! The filesystem logic: every kernel request as an async method returning `Result`, testable without a mount.
 //! Architecture Invariant: no fuser type appears here; `fuse.rs` converts.
 //! Architecture Invariant (L1): a change is applied to the inode table only after the server confirmed it, and a
-//! listing or lookup fetched while any change was in flight is not applied to the table (it is fetched again).
+//! listing, lookup or stat fetched while a change of the same directory or node was in flight (or that ended
+//! since) is not applied to the table: it is fetched again (`changes.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use netdisk_protocol::*;
 use tokio::sync::OnceCell;
 
 use crate::cache::{Cache, BLOCK};
+use crate::changes::ChangeLog;
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
 use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
@@ -60,39 +61,6 @@ pub struct Changes {
     pub mtime: Option<SetTime>,
 }
 
-/// Counts changes in flight and completed, so that listings never overwrite a change (L1).
-#[derive(Default)]
-struct Mutations {
-    in_flight: AtomicU64,
-    completed: AtomicU64,
-}
-
-struct MutationGuard<'a>(&'a Mutations);
-
-impl Mutations {
-    fn begin(&self) -> MutationGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        MutationGuard(self)
-    }
-
-    /// A token for "nothing is changing now", or `None` while something is.
-    fn quiet(&self) -> Option<u64> {
-        let completed = self.completed.load(Ordering::SeqCst);
-        (self.in_flight.load(Ordering::SeqCst) == 0).then_some(completed)
-    }
-
-    fn still_quiet(&self, token: Option<u64>) -> bool {
-        token.is_some() && self.quiet() == token
-    }
-}
-
-impl Drop for MutationGuard<'_> {
-    fn drop(&mut self) {
-        self.0.completed.fetch_add(1, Ordering::SeqCst);
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The kernel's caches, for changes made behind its back (an upload at close, a name dropped after a failed one).
 pub trait KernelCache: Send + Sync {
     /// Drop the cached attributes of `ino` (not its pages): no inode lock is taken, safe from within a request.
@@ -113,7 +81,7 @@ pub struct NetFs {
     open: Mutex<OpenFiles>,
     cache: Cache,
     inflight: Mutex<HashMap<(String, u64), BlockCell>>,
-    mutations: Mutations,
+    changes: ChangeLog,
     config: Config,
     uploads: UploadBoard,
     /// Staged bytes whose upload failed at the last close.
@@ -152,7 +120,7 @@ impl NetFs {
             open: Mutex::new(OpenFiles::default()),
             cache,
             inflight: Mutex::new(HashMap::new()),
-            mutations: Mutations::default(),
+            changes: ChangeLog::default(),
             kept: KeptUploads::new(config.staging_dir.clone(), config.server.clone(), config.user.clone()),
             config,
             uploads: UploadBoard::default(),
@@ -243,25 +211,34 @@ impl NetFs {
         }
         let path = self.child_path(parent, name)?;
         for _ in 0..LISTING_ATTEMPTS {
-            let token = self.mutations.quiet();
+            let token = self.changes.quiet(parent);
             let answer = self.remote.call(&Stat { path: path.clone() }).await;
-            if !self.mutations.still_quiet(token) {
-                continue;
-            }
-            return match answer {
-                Ok(res) => self.remembered(parent, name, res.attr).await,
-                Err(e) => {
-                    if e.code() == Some(ErrorCode::NotFound) {
-                        let mut t = self.inodes();
-                        if t.child(parent, name).is_some_and(|ino| t.get(ino).is_some_and(|n| n.remote.is_some())) {
+            // Checked and applied under the table's lock: a change records its result there before it ends.
+            let found = {
+                let mut t = self.inodes();
+                if !self.changes.still_quiet(parent, token) {
+                    continue;
+                }
+                match answer {
+                    Ok(res) => {
+                        let ino = t.remember(parent, name, res.attr);
+                        t.looked_up(ino);
+                        Ok(ino)
+                    }
+                    Err(e) => {
+                        if e.code() == Some(ErrorCode::NotFound)
+                            && t.child(parent, name).is_some_and(|ino| t.get(ino).is_some_and(|n| n.remote.is_some()))
+                        {
                             t.detach(parent, name);
                         }
+                        Err(e)
                     }
-                    Err(e)
                 }
             };
+            return self.entry(found?).await;
         }
-        // Changes kept racing the lookup (a long upload holds one in flight): take the server's answer as it is.
+        // Changes in this directory kept racing the lookup (a long upload holds one in flight): take the server's
+        // answer as it is.
         let attr = self.remote.call(&Stat { path }).await?.attr;
         self.remembered(parent, name, attr).await
     }
@@ -281,7 +258,7 @@ impl NetFs {
             return self.entry(ino).await;
         }
         let path = self.path(ino)?;
-        let token = self.mutations.quiet();
+        let token = self.changes.quiet(ino);
         let attr = match self.remote.call(&Stat { path }).await {
             Ok(res) => res.attr,
             // The root always exists: with the server unreachable, its last known attributes keep the mount point
@@ -292,8 +269,11 @@ impl NetFs {
             }
             Err(e) => return Err(e),
         };
-        if self.mutations.still_quiet(token) {
-            self.inodes().set_attr(ino, attr.clone());
+        {
+            let mut t = self.inodes();
+            if self.changes.still_quiet(ino, token) {
+                t.set_attr(ino, attr.clone());
+            }
         }
         Ok(Entry { ino, attr: self.overlay(ino, attr).await })
     }
@@ -301,20 +281,22 @@ impl NetFs {
     /// A directory's entries: `(inode, kind, name)`, fetched from the server, plus files that exist only here.
     pub async fn readdir(&self, dir: u64) -> Result<Vec<(u64, NodeKind, String)>> {
         let path = self.path(dir)?;
-        let mut listing = None;
         for _ in 0..LISTING_ATTEMPTS {
-            let token = self.mutations.quiet();
-            let entries = self.list_all(&path).await?;
-            if self.mutations.still_quiet(token) {
-                listing = Some(entries);
-                break;
+            let token = self.changes.quiet(dir);
+            let listing = self.list_all(&path).await?;
+            // Checked and applied under the table's lock: a change records its result there before it ends.
+            let mut t = self.inodes();
+            if self.changes.still_quiet(dir, token) {
+                return Ok(Self::listed(&mut t, dir, listing));
             }
         }
-        let listing = match listing {
-            Some(l) => l,
-            None => self.list_all(&path).await?,
-        };
-        let mut t = self.inodes();
+        // Changes in this directory kept racing the listing: take the server's answer as it is.
+        let listing = self.list_all(&path).await?;
+        Ok(Self::listed(&mut self.inodes(), dir, listing))
+    }
+
+    /// A listing of `dir` applied to the table, with the files that exist only here.
+    fn listed(t: &mut Inodes, dir: u64, listing: Vec<DirEntry>) -> Vec<(u64, NodeKind, String)> {
         t.forget_names_in(dir);
         let mut out: Vec<(u64, NodeKind, String)> =
             listing.into_iter().map(|e| (t.remember(dir, &e.name, e.attr.clone()), e.attr.kind, e.name)).collect();
@@ -323,7 +305,7 @@ impl NetFs {
                 out.push((ino, NodeKind::File, name));
             }
         }
-        Ok(out)
+        out
     }
 
     async fn list_all(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -353,7 +335,7 @@ impl NetFs {
         let (owner, mode) = self.inherited(parent, owner, mode, true);
         let path = self.child_path(parent, name)?;
         let res = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([parent]);
             self.remote.call(&Mkdir { path, mode, owner }).await?
         };
         self.dir_changed(parent, res.dir);
@@ -364,7 +346,7 @@ impl NetFs {
         let (owner, _) = self.inherited(parent, owner, 0o777, false);
         let path = self.child_path(parent, name)?;
         let attr = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([parent]);
             self.remote.call(&Symlink { path, target: target.to_string(), owner }).await?.attr
         };
         self.inodes().invalidate(parent);
@@ -383,7 +365,7 @@ impl NetFs {
         let (owner, mode) = self.inherited(parent, owner, mode, false);
         let path = self.child_path(parent, name)?;
         let attr = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([parent]);
             self.remote.call(&Mknod { path, kind, mode, rdev, owner }).await?.attr
         };
         self.inodes().invalidate(parent);
@@ -403,6 +385,11 @@ impl NetFs {
         }
     }
 
+    /// The directory of `ino`'s name (0 for a nameless inode).
+    fn parent_of(&self, ino: u64) -> u64 {
+        self.inodes().get(ino).map_or(0, |n| n.parent)
+    }
+
     fn is_local(&self, ino: u64) -> bool {
         self.inodes().get(ino).is_some_and(|n| n.remote.is_none())
     }
@@ -413,7 +400,7 @@ impl NetFs {
         // A name that exists only here changes nothing on the server.
         if !child.is_some_and(|ino| self.is_local(ino)) {
             // L1: the name goes from the table only once the server's DeleteFileRes is here.
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([parent, child.unwrap_or(0)]);
             let res = self.remote.call(&DeleteFile { path: path.clone() }).await?;
             self.dir_changed(parent, res.dir);
         }
@@ -465,7 +452,7 @@ impl NetFs {
         self.check_no_local_files(parent, name)?;
         let path = self.child_path(parent, name)?;
         let res = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([parent, self.inodes().child(parent, name).unwrap_or(0)]);
             self.remote.call(&Rmdir { path }).await?
         };
         self.inodes().detach(parent, name);
@@ -502,7 +489,12 @@ impl NetFs {
             self.publish(ino).await?;
         }
         {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([
+                parent,
+                new_parent,
+                source.unwrap_or(0),
+                self.inodes().child(new_parent, new_name).unwrap_or(0),
+            ]);
             self.remote.call(&Rename { from, to: to.clone(), noreplace }).await?;
         }
         let replaced = {
@@ -533,7 +525,7 @@ impl NetFs {
         let existing = self.path(ino)?;
         let new = self.child_path(new_parent, new_name)?;
         let attr = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([new_parent, ino]);
             self.remote.call(&Link { existing, new }).await?.attr
         };
         self.inodes().invalidate(new_parent);
@@ -599,7 +591,7 @@ impl NetFs {
             mtime: ch.mtime,
         };
         let attr = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([ino, self.parent_of(ino)]);
             self.remote.call(&req).await?.attr
         };
         self.inodes().set_attr(ino, attr.clone());
@@ -922,7 +914,7 @@ impl NetFs {
             mtime: s.mtime,
             owner: s.owner,
         };
-        let _change = self.mutations.begin();
+        let _change = self.changes.begin([ino, self.parent_of(ino)]);
         let ticket = self.uploads.start(ino, &path, s.size);
         let (attr, dir) = self.uploader.send(req, hashes.proof_tag.clone(), s, &ticket.sent).await?;
         drop(ticket);
@@ -983,7 +975,7 @@ impl NetFs {
             owner: s.owner,
         };
         let answer = {
-            let _change = self.mutations.begin();
+            let _change = self.changes.begin([ino_out, self.parent_of(ino_out)]);
             match self.remote.call(&req).await {
                 // Two contents of this user share the md5 (a collision): md5 alone cannot say which.
                 Err(e) if e.code() == Some(ErrorCode::Invalid) => return unsupported(),

@@ -3,6 +3,7 @@
 //! reads its settings, logs in and mounts.
 
 pub mod cache;
+pub mod changes;
 pub mod client;
 pub mod error;
 pub mod fs;

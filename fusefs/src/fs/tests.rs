@@ -192,3 +192,24 @@ async fn chunks_go_once_and_content_the_server_holds_is_not_sent_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_in_one_directory_costs_a_listing_of_another_nothing() {
+    bounded(async {
+        let f = mounted(Duration::from_secs(60)).await;
+        let dir = f.fs.mkdir(ROOT, "d", 0o755, Owner::default()).await.unwrap().ino;
+        let (ino, fh) = f.create(dir, "f", b"data").await;
+        // The upload of /d/f is answered but held: a change of /d in flight while / is listed.
+        let gate = f.server.hold(Kind::UploadFile);
+        let fs = f.fs.clone();
+        let closing = tokio::spawn(async move { fs.release(ino, fh).await });
+        gate.arrived().await;
+        let before = f.server.served(Kind::GetDir);
+        assert_eq!(f.names(ROOT).await, ["d"]);
+        assert_eq!(f.server.served(Kind::GetDir) - before, 1, "one listing of /, not fetched again");
+        gate.release();
+        closing.await.unwrap().unwrap();
+        assert_eq!(f.names(dir).await, ["f"]);
+    })
+    .await;
+}
