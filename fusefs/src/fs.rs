@@ -4,26 +4,23 @@
 //! listing, lookup or stat fetched while a change of the same directory or node was in flight (or that ended
 //! since) is not applied to the table: it is fetched again (`changes.rs`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use netdisk_protocol::*;
-use tokio::sync::OnceCell;
 
-use crate::cache::{Cache, BLOCK};
+use crate::cache::Cache;
 use crate::changes::ChangeLog;
 use crate::client::Remote;
 use crate::error::{errno, FsError, Result};
 use crate::handles::{now, Handle, OpenFiles, SharedStaging, Staging};
 use crate::inode::{Inodes, NoPath, ROOT};
 use crate::kept::KeptUploads;
+use crate::reader::{BlockReader, Content};
 use crate::status::{self, Status, UploadBoard};
 use crate::upload::Uploader;
 
-/// Blocks fetched ahead of a sequential reader.
-const READAHEAD_BLOCKS: u64 = 8;
 /// Attempts to fetch a listing that no concurrent change disturbed.
 const LISTING_ATTEMPTS: usize = 5;
 
@@ -70,8 +67,6 @@ pub trait KernelCache: Send + Sync {
     fn entry_gone(&self, parent: u64, name: &str);
 }
 
-type BlockCell = Arc<OnceCell<Arc<Vec<u8>>>>;
-
 pub struct NetFs {
     /// For the few synchronous entry points (`write`) that may need the server.
     rt: tokio::runtime::Handle,
@@ -79,8 +74,7 @@ pub struct NetFs {
     uploader: Uploader,
     inodes: Mutex<Inodes>,
     open: Mutex<OpenFiles>,
-    cache: Cache,
-    inflight: Mutex<HashMap<(String, u64), BlockCell>>,
+    reader: Arc<BlockReader>,
     changes: ChangeLog,
     config: Config,
     uploads: UploadBoard,
@@ -115,11 +109,10 @@ impl NetFs {
         NetFs {
             rt,
             uploader: Uploader::new(remote.clone(), config.upload_parallelism),
+            reader: Arc::new(BlockReader::new(remote.clone(), cache)),
             remote,
             inodes: Mutex::new(Inodes::new(root)),
             open: Mutex::new(OpenFiles::default()),
-            cache,
-            inflight: Mutex::new(HashMap::new()),
             changes: ChangeLog::default(),
             kept: KeptUploads::new(config.staging_dir.clone(), config.server.clone(), config.user.clone()),
             config,
@@ -756,7 +749,7 @@ impl NetFs {
         Ok(())
     }
 
-    pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let staging = self.open_files().staging(ino);
         if let Some(staging) = staging {
             let mut s = staging.lock().await;
@@ -770,62 +763,9 @@ impl NetFs {
             h.last_read_end = offset + size as u64;
             (h.md5.clone().unwrap_or_default(), h.size, sequential)
         };
-        let end = file_size.min(offset + size as u64);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
         let path = self.path(ino)?;
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-        for index in first..=last {
-            let start = if index == first { (offset % BLOCK) as usize } else { 0 };
-            let stop = if index == last { ((end - 1) % BLOCK + 1) as usize } else { BLOCK as usize };
-            // A cached block is read only where the kernel asked, not whole.
-            if let Some(bytes) = self.cache.read(&md5, index, start, stop) {
-                out.extend_from_slice(&bytes);
-                continue;
-            }
-            let block = self.block(&path, &md5, index).await?;
-            out.extend_from_slice(&block[start.min(block.len())..stop.min(block.len())]);
-        }
-        if sequential {
-            let blocks = file_size.div_ceil(BLOCK);
-            for index in (last + 1)..(last + 1 + READAHEAD_BLOCKS).min(blocks) {
-                let (fs, path, md5) = (self.clone(), path.clone(), md5.clone());
-                if fs.cache.contains(&md5, index) {
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let _ = fs.block(&path, &md5, index).await;
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// One block of content `md5`, downloaded (and cached) once however many readers want it at the same time.
-    /// Readahead calls it too; a block cached meanwhile is not downloaded again.
-    async fn block(&self, path: &str, md5: &str, index: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some(data) = self.cache.read(md5, index, 0, BLOCK as usize) {
-            return Ok(Arc::new(data));
-        }
-        let key = (md5.to_string(), index);
-        let cell = self.inflight.lock().expect("inflight lock").entry(key.clone()).or_default().clone();
-        let result = cell
-            .get_or_try_init(|| async {
-                let req = Download { path: path.to_string(), offset: index * BLOCK, len: BLOCK as u32 };
-                let (res, bytes) = self.remote.call_with_payload(&req, &[]).await?;
-                if res.md5 != md5 {
-                    // The file was replaced on the server since it was opened.
-                    return errno(libc::ESTALE);
-                }
-                self.cache.put(md5, index, &bytes);
-                Ok(Arc::new(bytes))
-            })
-            .await
-            .cloned();
-        self.inflight.lock().expect("inflight lock").remove(&key);
-        result
+        let content = Content { path: &path, md5: &md5, size: file_size };
+        self.reader.read(content, offset, size, sequential).await
     }
 
     /// `close` of a descriptor: uploads staged content if the closing process changed it, so that its
@@ -1055,7 +995,7 @@ impl NetFs {
             uploads: self.uploads.list(),
             waiting,
             kept: self.kept.list(),
-            cache_used: self.cache.used(),
+            cache_used: self.reader.cached(),
             cache_limit: self.config.cache_limit,
             cache_dir: self.config.cache_dir.display().to_string(),
         }

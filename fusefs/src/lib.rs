@@ -15,6 +15,7 @@ pub mod kernel_mount;
 pub mod local;
 #[cfg(test)]
 pub mod memory;
+pub mod reader;
 pub mod running_hash;
 pub mod settings;
 pub mod status;
