@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use netdisk_protocol::frame::{encode_message, FrameHead};
 use netdisk_protocol::{
-    answer, BadAnswer, DecodeError, Kind, Login, LoginRes, ProveOwnership, Request, UploadFile, UploadFileRes,
-    WireError, HEAD_LEN,
+    answer, login, BadAnswer, DecodeError, HelloRes, Kind, LoginRes, ProveOwnership, Request, UploadFile,
+    UploadFileRes, WireError, HEAD_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,6 +67,8 @@ pub struct Remote {
     dialer: Box<dyn Dialer>,
     user: String,
     password: String,
+    /// SaltedPassword for the last salt and cost the server asked for: argon2id runs once, not at every connection.
+    salted: Mutex<Option<(String, login::Kdf, [u8; 32])>>,
     idle: Mutex<Vec<Connection>>,
     slots: Semaphore,
     timeout: Duration,
@@ -84,11 +86,28 @@ impl Connection {
             .map_err(|_| connection_error(format!("connecting to {address} timed out")))?
             .map_err(|e| connection_error(format!("cannot connect to {address}: {e}")))?;
         let mut conn = Connection { stream, next_id: 1 };
-        let login = Login { user: remote.user.clone(), password: remote.password.clone() };
-        let (res, _) = tokio::time::timeout(remote.timeout, conn.call(&login, &[]))
+        let res = tokio::time::timeout(remote.timeout, conn.login(remote))
             .await
             .map_err(|_| connection_error("login timed out"))??;
         Ok((conn, res))
+    }
+
+    /// Logs in (`netdisk_protocol::login`): the password never travels, and the server proves it holds this user's
+    /// keys, so an impostor cannot complete a login.
+    async fn login(&mut self, remote: &Remote) -> Result<LoginRes> {
+        let hello = login::hello(&remote.user);
+        let (challenge, _) = self.call(&hello, &[]).await?;
+        let salted = remote.salted_password(&challenge).await?;
+        let (proof, message) = login::answer(&hello, &challenge, &salted);
+        let (res, _) = self.call(&proof, &[]).await?;
+        if !login::server_signature_is_right(&salted, &message, &res.server_signature) {
+            return Err(connection_error(format!(
+                "the server at {} could not prove that it holds {}'s keys: not the real server",
+                remote.dialer.address(),
+                remote.user
+            )));
+        }
+        Ok(res)
     }
 
     async fn call<R: Request>(&mut self, req: &R, payload: &[u8]) -> Result<(R::Response, Vec<u8>)> {
@@ -155,6 +174,7 @@ impl Remote {
             dialer,
             user,
             password,
+            salted: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(connections.max(1)),
             timeout,
@@ -162,6 +182,24 @@ impl Remote {
         let (conn, login) = Connection::open(&remote).await?;
         remote.idle.get_mut().expect("pool lock").push(conn);
         Ok((remote, login))
+    }
+
+    /// SaltedPassword for the salt and cost the server asked for (computed off the runtime's threads, then kept).
+    async fn salted_password(&self, challenge: &HelloRes) -> Result<[u8; 32]> {
+        let cached = self.salted.lock().expect("salted lock").clone();
+        if let Some((salt, kdf, salted)) = cached {
+            if salt == challenge.salt && kdf == challenge.kdf {
+                return Ok(salted);
+            }
+        }
+        let salt = login::salt_of(challenge).map_err(connection_error)?;
+        let (password, kdf) = (self.password.clone(), challenge.kdf);
+        let salted = tokio::task::spawn_blocking(move || login::salted_password(&password, &salt, &kdf))
+            .await
+            .map_err(connection_error)?
+            .map_err(connection_error)?;
+        *self.salted.lock().expect("salted lock") = Some((challenge.salt.clone(), challenge.kdf, salted));
+        Ok(salted)
     }
 
     /// Sends one request and waits for its answer, within the timeout.

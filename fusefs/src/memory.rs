@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use netdisk_protocol::frame::{encode_message, FrameHead};
+use netdisk_protocol::login;
 use netdisk_protocol::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -14,6 +15,8 @@ use tokio::sync::Semaphore;
 use crate::client::{Dialed, Dialer, Stream};
 
 const CHUNK_SIZE: u32 = 64 * 1024;
+/// The password of its user.
+pub const PASSWORD: &str = "pw";
 
 struct Node {
     attr: Attr,
@@ -58,6 +61,8 @@ impl Gate {
 #[derive(Clone)]
 pub struct Memory {
     tree: Arc<Mutex<Tree>>,
+    /// The password of its one user ("pw", any name).
+    password: Arc<login::KnownPassword>,
     holds: Arc<Mutex<HashMap<Kind, Gate>>>,
 }
 
@@ -88,7 +93,11 @@ impl Memory {
         let mut tree = Tree { next_ino: 2, next_upload: 1, ..Tree::default() };
         let root = Node { attr: Tree::attr(1, NodeKind::Dir, 0o755, &[]), content: Vec::new() };
         tree.nodes.insert("/".into(), Node { attr: Attr { nlink: 2, ..root.attr }, content: Vec::new() });
-        Memory { tree: Arc::new(Mutex::new(tree)), holds: Arc::default() }
+        Memory {
+            tree: Arc::new(Mutex::new(tree)),
+            password: Arc::new(login::KnownPassword::new(PASSWORD)),
+            holds: Arc::default(),
+        }
     }
 
     fn tree(&self) -> std::sync::MutexGuard<'_, Tree> {
@@ -156,6 +165,8 @@ impl Memory {
     // ---- serving ----
 
     async fn serve(self, mut stream: Box<dyn Stream>) -> std::io::Result<()> {
+        // The exchange of this connection's login, between its Hello and its Login.
+        let mut exchange = None;
         loop {
             let mut head = [0u8; HEAD_LEN];
             if stream.read_exact(&mut head).await.is_err() {
@@ -167,7 +178,15 @@ impl Memory {
             let mut payload = vec![0u8; head.payload_len as usize];
             stream.read_exact(&mut payload).await?;
             let request = AnyRequest::decode(head.kind, &header).map_err(std::io::Error::other)?;
-            let (answer, bytes) = self.answer(request, payload);
+            let (answer, bytes) = match request {
+                AnyRequest::Hello(r) => {
+                    let (res, message) = self.password.hello(&r);
+                    exchange = Some((message, self.tree().nodes["/"].attr.clone()));
+                    (Ok(AnyResponse::Hello(res)), Vec::new())
+                }
+                AnyRequest::Login(r) => (self.login(exchange.take(), &r), Vec::new()),
+                request => self.answer(request, payload),
+            };
             let hold = self.holds.lock().expect("holds lock").remove(&head.kind);
             if let Some(gate) = hold {
                 gate.arrived.add_permits(1);
@@ -182,16 +201,19 @@ impl Memory {
         }
     }
 
+    fn login(&self, exchange: Option<(String, Attr)>, r: &Login) -> Result<AnyResponse, WireError> {
+        let Some((message, root)) = exchange else { return refuse(ErrorCode::Invalid, "say Hello first") };
+        let Some(server_signature) = self.password.login(&message, r) else {
+            return refuse(ErrorCode::AuthFailed, "wrong user name or password");
+        };
+        Ok(AnyResponse::Login(LoginRes { root, chunk_size: CHUNK_SIZE, proof_salt: "00".repeat(32), server_signature }))
+    }
+
     fn answer(&self, request: AnyRequest, payload: Vec<u8>) -> (Result<AnyResponse, WireError>, Vec<u8>) {
         let mut tree = self.tree();
         tree.served.push(request.kind());
         let mut bytes = Vec::new();
         let answer = match request {
-            AnyRequest::Login(_) => Ok(AnyResponse::Login(LoginRes {
-                root: tree.nodes["/"].attr.clone(),
-                chunk_size: CHUNK_SIZE,
-                proof_salt: "00".repeat(32),
-            })),
             AnyRequest::Stat(r) => tree.stat(&r.path).map(|attr| AnyResponse::Stat(StatRes { attr })),
             AnyRequest::GetDir(r) => tree.list(&r).map(AnyResponse::GetDir),
             AnyRequest::Mkdir(r) => tree.mkdir(&r).map(AnyResponse::Mkdir),

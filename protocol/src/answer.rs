@@ -202,6 +202,22 @@ fn upload_answer(asked: &UploadFile, res: &UploadFileRes, proven: bool) -> Check
 
 // ---- the rules of each answer ----
 
+impl Rules for Hello {
+    type Answer = HelloRes;
+    fn check(&self, res: &HelloRes, _: usize) -> Checked {
+        let salt_len = res.salt.len() / 2;
+        let salt_ok = res.salt.len().is_multiple_of(2)
+            && (crate::login::MIN_SALT..=crate::login::MAX_SALT).contains(&salt_len)
+            && res.salt.bytes().all(|b| b.is_ascii_hexdigit());
+        rule(salt_ok, "salt", || format!("{} is not 8 to 64 bytes in hex", shown(&res.salt)))?;
+        // The client spends this much on the login: a server asking for more is refused, not obeyed.
+        rule(res.kdf.is_reasonable(), "kdf", || format!("{:?} is beyond what a client spends", res.kdf))?;
+        rule(is_sha256_hex(&res.server_nonce), "server_nonce", || {
+            format!("{} is not 64 hex digits", shown(&res.server_nonce))
+        })
+    }
+}
+
 impl Rules for Login {
     type Answer = LoginRes;
     fn check(&self, res: &LoginRes, _: usize) -> Checked {
@@ -209,6 +225,9 @@ impl Rules for Login {
         chunk_size(res.chunk_size)?;
         rule(is_sha256_hex(&res.proof_salt), "proof_salt", || {
             format!("{} is not 64 hex digits", shown(&res.proof_salt))
+        })?;
+        rule(is_sha256_hex(&res.server_signature), "server_signature", || {
+            format!("{} is not 64 hex digits", shown(&res.server_signature))
         })
     }
 }
@@ -619,8 +638,13 @@ mod tests {
 
     #[test]
     fn a_login_answer_has_a_salt_a_chunk_size_and_a_root_directory() {
-        let req = Login { user: "ann".into(), password: "pw".into() };
-        let res = |salt: &str, chunk_size: u32, root: Attr| LoginRes { root, chunk_size, proof_salt: salt.into() };
+        let req = Login { proof: HEX64.into() };
+        let res = |salt: &str, chunk_size: u32, root: Attr| LoginRes {
+            root,
+            chunk_size,
+            proof_salt: salt.into(),
+            server_signature: HEX64.into(),
+        };
         passes(&req, &res(HEX64, 4 << 20, dir(1)), 0);
         passes(&req, &res(HEX64, MIN_CHUNK_SIZE, dir(1)), 0);
         passes(&req, &res(HEX64, MAX_CHUNK_SIZE, dir(1)), 0);
@@ -633,6 +657,27 @@ mod tests {
             (res(HEX64, MAX_CHUNK_SIZE + 1, dir(1)), "chunk_size"),
             (res(HEX64, 4 << 20, file(1)), "root.kind"),
             (res(HEX64, 4 << 20, Attr { ino: 0, ..dir(1) }), "root.ino"),
+            (LoginRes { server_signature: "x".into(), ..res(HEX64, 4 << 20, dir(1)) }, "server_signature"),
+        ];
+        for (answer, field) in cases {
+            assert_eq!(refused(&req, &answer, 0), field, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_hello_answer_asks_for_a_bounded_cost() {
+        use crate::login::{Kdf, DEFAULT_KDF, MAX_KDF};
+        let req = Hello { user: "ann".into(), client_nonce: HEX64.into() };
+        let res = |salt: &str, kdf| HelloRes { salt: salt.into(), kdf, server_nonce: HEX64.into() };
+        passes(&req, &res(&"ab".repeat(16), DEFAULT_KDF), 0);
+        passes(&req, &res(&"ab".repeat(64), MAX_KDF), 0);
+        let cases = [
+            (res(&"ab".repeat(7), DEFAULT_KDF), "salt"),
+            (res(&"ab".repeat(65), DEFAULT_KDF), "salt"),
+            (res(&"zz".repeat(16), DEFAULT_KDF), "salt"),
+            (res(&"ab".repeat(16), Kdf { m_cost: u32::MAX, ..DEFAULT_KDF }), "kdf"),
+            (res(&"ab".repeat(16), Kdf { t_cost: 1000, ..DEFAULT_KDF }), "kdf"),
+            (HelloRes { server_nonce: "short".into(), ..res(&"ab".repeat(16), DEFAULT_KDF) }, "server_nonce"),
         ];
         for (answer, field) in cases {
             assert_eq!(refused(&req, &answer, 0), field, "{answer:?}");

@@ -123,8 +123,19 @@ impl<S: Read + Write> Client<S> {
         self.call_with_payload(req, &[]).map(|(res, _)| res)
     }
 
+    /// Logs in (`login.rs`): the password never travels, and the server must prove it holds this user's keys.
     pub fn login(&mut self, user: &str, password: &str) -> Result<LoginRes, ClientError> {
-        let res = self.call(&Login { user: user.into(), password: password.into() })?;
+        let hello = crate::login::hello(user);
+        let challenge = self.call(&hello)?;
+        let protocol = |e: crate::login::KdfError| ClientError::Protocol(e.to_string());
+        let salt = crate::login::salt_of(&challenge).map_err(protocol)?;
+        let salted = crate::login::salted_password(password, &salt, &challenge.kdf).map_err(protocol)?;
+        let (proof, message) = crate::login::answer(&hello, &challenge, &salted);
+        let res = self.call(&proof)?;
+        if !crate::login::server_signature_is_right(&salted, &message, &res.server_signature) {
+            self.broken = true;
+            return Err(ClientError::Protocol("the server could not prove that it holds this user's keys".into()));
+        }
         // 64 hex digits: the answer check saw to it.
         self.proof_salt = decode_salt(&res.proof_salt)
             .ok_or_else(|| ClientError::Protocol("the proof salt is not 64 hex digits".into()))?;

@@ -123,7 +123,7 @@ mod tests {
             (bad_version, |e| matches!(e, DecodeError::BadVersion(9))),
             (bad_flags, |e| matches!(e, DecodeError::BadFlags(1))),
             (head_bytes(0x00, 10, 0), |e| matches!(e, DecodeError::UnknownKind(0))),
-            (head_bytes(0x13, 10, 0), |e| matches!(e, DecodeError::UnknownKind(0x13))),
+            (head_bytes(0x14, 10, 0), |e| matches!(e, DecodeError::UnknownKind(0x14))),
             (head_bytes(0x7F, 10, 0), |e| matches!(e, DecodeError::UnknownKind(0x7F))),
             (head_bytes(Kind::Stat as u8, 0, 0), |e| matches!(e, DecodeError::HeaderLength { .. })),
             (head_bytes(Kind::Stat as u8, MAX_REQUEST_HEADER + 1, 0), |e| {

@@ -106,7 +106,8 @@ fn check_response(head: FrameHead, header: &[u8]) {
 /// The paths a request names (a symlink's target is text, not a path of the tree).
 fn request_paths(request: &AnyRequest) -> Vec<&str> {
     match request {
-        AnyRequest::Login(_)
+        AnyRequest::Hello(_)
+        | AnyRequest::Login(_)
         | AnyRequest::ProveOwnership(_)
         | AnyRequest::QueryChunk(_)
         | AnyRequest::UploadChunk(_)

@@ -22,6 +22,7 @@ pub enum Kind {
     UploadChunk = 0x10,
     Download = 0x11,
     StatFs = 0x12,
+    Hello = 0x13,
 
     LoginRes = 0x81,
     GetDirRes = 0x82,
@@ -41,6 +42,7 @@ pub enum Kind {
     UploadChunkRes = 0x90,
     DownloadRes = 0x91,
     StatFsRes = 0x92,
+    HelloRes = 0x93,
 
     /// The error response to any request.
     Error = 0xFF,
@@ -49,7 +51,7 @@ pub enum Kind {
 const RESPONSE_BIT: u8 = 0x80;
 
 impl Kind {
-    pub const ALL: [Kind; 37] = [
+    pub const ALL: [Kind; 39] = [
         Kind::Login,
         Kind::GetDir,
         Kind::Stat,
@@ -68,6 +70,7 @@ impl Kind {
         Kind::UploadChunk,
         Kind::Download,
         Kind::StatFs,
+        Kind::Hello,
         Kind::LoginRes,
         Kind::GetDirRes,
         Kind::StatRes,
@@ -86,6 +89,7 @@ impl Kind {
         Kind::UploadChunkRes,
         Kind::DownloadRes,
         Kind::StatFsRes,
+        Kind::HelloRes,
         Kind::Error,
     ];
 
@@ -128,7 +132,7 @@ mod tests {
             }
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(0x13), None);
+        assert_eq!(Kind::from_u8(0x14), None);
         assert_eq!(Kind::from_u8(0x80), None);
     }
 

@@ -52,6 +52,7 @@ pub mod frame;
 pub mod fuzz;
 pub mod io;
 pub mod kind;
+pub mod login;
 pub mod message;
 pub mod path;
 pub mod upload;

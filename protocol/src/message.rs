@@ -75,10 +75,26 @@ pub struct DirEntry {
 
 // ---- requests and their responses ----
 
+/// The first step of a login (`login.rs`): who, and a fresh nonce of the client's (64 hex digits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub user: String,
+    pub client_nonce: String,
+}
+/// How to derive the login key, and the server's fresh nonce. A user that does not exist gets an answer of the
+/// same shape (a salt derived from the name), so that names cannot be probed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRes {
+    /// The password's salt, hex.
+    pub salt: String,
+    pub kdf: crate::login::Kdf,
+    pub server_nonce: String,
+}
+
+/// The second step: [`client_proof`](crate::login::client_proof) over the exchange (the password never travels).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Login {
-    pub user: String,
-    pub password: String,
+    pub proof: String,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginRes {
@@ -88,6 +104,8 @@ pub struct LoginRes {
     /// This server's proof salt (64 hex digits): what a [`ContentHasher`](crate::ContentHasher) needs to compute the
     /// proof tag that ownership challenges are answered from.
     pub proof_salt: String,
+    /// [`server_signature`](crate::login::server_signature) over the exchange: the server holds this user's keys.
+    pub server_signature: String,
 }
 
 /// One page of a directory: entries sorted by name, starting after `after`.
@@ -423,6 +441,7 @@ macro_rules! requests {
 }
 
 requests! {
+    Hello => HelloRes,
     Login => LoginRes,
     GetDir => GetDirRes,
     Stat => StatRes,

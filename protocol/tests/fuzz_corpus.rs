@@ -49,7 +49,8 @@ fn write_seeds() {
     let owner = Owner { uid: 1000, gid: 100 };
     let t = Timespec { sec: 1_700_000_000, nsec: 999_999_999 };
     let requests: Vec<(AnyRequest, &[u8])> = vec![
-        (AnyRequest::Login(Login { user: "ann".into(), password: "pw".into() }), b""),
+        (AnyRequest::Hello(Hello { user: "ann".into(), client_nonce: "cd".repeat(32) }), b""),
+        (AnyRequest::Login(Login { proof: "ef".repeat(32) }), b""),
         (AnyRequest::GetDir(GetDir { path: "/docs/".into(), after: Some("a".into()), limit: 512 }), b""),
         (AnyRequest::Stat(Stat { path: "/docs/hello.txt".into() }), b""),
         (AnyRequest::Mkdir(Mkdir { path: "/d\u{e9}j\u{e0}".into(), mode: 0o1777, owner }), b""),
@@ -102,7 +103,23 @@ fn write_seeds() {
     let file = attr(7, NodeKind::File);
     let dir = attr(1, NodeKind::Dir);
     let responses: Vec<(AnyResponse, &[u8])> = vec![
-        (AnyResponse::Login(LoginRes { root: dir.clone(), chunk_size: 4096, proof_salt: "ab".repeat(32) }), b""),
+        (
+            AnyResponse::Hello(HelloRes {
+                salt: "01".repeat(16),
+                kdf: netdisk_protocol::login::DEFAULT_KDF,
+                server_nonce: "23".repeat(32),
+            }),
+            b"",
+        ),
+        (
+            AnyResponse::Login(LoginRes {
+                root: dir.clone(),
+                chunk_size: 4096,
+                proof_salt: "ab".repeat(32),
+                server_signature: "45".repeat(32),
+            }),
+            b"",
+        ),
         (
             AnyResponse::GetDir(GetDirRes {
                 dir: dir.clone(),

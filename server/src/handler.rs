@@ -4,6 +4,7 @@
 //! Architecture Invariant: no storage rule lives here. Every UploadChunk (and UploadFile) payload is consumed exactly
 //! once, whatever the answer, so framing never breaks.
 
+use netdisk_protocol::answer::shown;
 use netdisk_protocol::frame::encode_message;
 use netdisk_protocol::*;
 
@@ -11,7 +12,7 @@ use crate::conn::{Conn, ConnError};
 use crate::error::{Error, Result};
 use crate::meta::{Meta, User};
 use crate::splice::{self, Pipe};
-use crate::store::{ChunkPlan, Random, Received, Settings, Store};
+use crate::store::{ChunkPlan, PendingLogin, Random, Received, Settings, Store};
 
 /// Wrong passwords a connection may try before it is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -29,6 +30,8 @@ pub struct Session {
     pipe: Pipe,
     user: Option<User>,
     failed_logins: u32,
+    /// A login between its `Hello` and its `Login`.
+    pending_login: Option<PendingLogin>,
 }
 
 /// Answers a request: its response, or an error response with the wire code.
@@ -66,7 +69,13 @@ fn receive(
 
 impl Session {
     pub fn new(meta: Meta, settings: &Settings) -> Result<Session> {
-        Ok(Session { store: Store::new(meta, settings)?, pipe: Pipe::new()?, user: None, failed_logins: 0 })
+        Ok(Session {
+            store: Store::new(meta, settings)?,
+            pipe: Pipe::new()?,
+            user: None,
+            failed_logins: 0,
+            pending_login: None,
+        })
     }
 
     /// The same session drawing its challenges from `random` (the fuzz target's replayable sessions).
@@ -81,15 +90,23 @@ impl Session {
 
     pub fn handle(&mut self, conn: &mut Conn, head: FrameHead, request: AnyRequest) -> Result<Flow, ConnError> {
         let id = head.request_id;
-        if let AnyRequest::Login(r) = request {
-            let result = self.login(r);
-            respond::<Login>(conn, id, result)?;
-            let flow = if self.failed_logins >= MAX_FAILED_LOGINS {
-                Flow::Close("too many failed logins")
-            } else {
-                Flow::Continue
-            };
-            return Ok(flow);
+        match request {
+            AnyRequest::Hello(r) => {
+                let result = self.hello(r);
+                respond::<Hello>(conn, id, result)?;
+                return Ok(Flow::Continue);
+            }
+            AnyRequest::Login(r) => {
+                let result = self.login(r);
+                respond::<Login>(conn, id, result)?;
+                let flow = if self.failed_logins >= MAX_FAILED_LOGINS {
+                    Flow::Close("too many failed logins")
+                } else {
+                    Flow::Continue
+                };
+                return Ok(flow);
+            }
+            _ => {}
         }
         let Some(user) = self.user.clone() else {
             conn.discard_payload(head.payload_len as u64)?;
@@ -105,7 +122,7 @@ impl Session {
         let (u, store) = (&user, &mut self.store);
         tracing::trace!(kind = ?head.kind, "request");
         match request {
-            AnyRequest::Login(_) => unreachable!("handled above"),
+            AnyRequest::Hello(_) | AnyRequest::Login(_) => unreachable!("handled above"),
             AnyRequest::UploadChunk(r) => self.upload_chunk(conn, u, id, r, head.payload_len as u64)?,
             AnyRequest::UploadFile(r) if head.payload_len > 0 => {
                 self.upload_inline(conn, u, id, r, head.payload_len)?
@@ -140,20 +157,32 @@ impl Session {
 
     /// A session lasts while its user exists and keeps the password it logged in with (`user passwd` and
     /// `user remove` end it at its next request, whether it was idle or in the middle of an upload).
+    fn hello(&mut self, r: Hello) -> Result<HelloRes> {
+        if self.user.is_some() {
+            return crate::error::fail(ErrorCode::Invalid, "already logged in");
+        }
+        let (pending, res) = self.store.hello(&r)?;
+        self.pending_login = Some(pending);
+        Ok(res)
+    }
+
     fn login(&mut self, r: Login) -> Result<LoginRes> {
         if self.user.is_some() {
             return crate::error::fail(ErrorCode::Invalid, "already logged in");
         }
-        match self.store.authenticate(&r.user, &r.password)? {
-            Some(user) => {
-                tracing::info!(user = %user.name, "logged in");
-                let answer = self.store.login_answer(&user)?;
+        let Some(pending) = self.pending_login.take() else {
+            return crate::error::fail(ErrorCode::Invalid, "say Hello first");
+        };
+        let name = pending.name().to_string();
+        match self.store.login(pending, &r)? {
+            Some((user, answer)) => {
+                tracing::info!(user = %shown(&user.name), "logged in");
                 self.user = Some(user);
                 Ok(answer)
             }
             None => {
                 self.failed_logins += 1;
-                tracing::warn!(user = %r.user, attempt = self.failed_logins, "login refused");
+                tracing::warn!(user = %shown(&name), attempt = self.failed_logins, "login refused");
                 crate::error::fail(ErrorCode::AuthFailed, "wrong user name or password")
             }
         }

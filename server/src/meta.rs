@@ -44,7 +44,7 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const STATEMENT_CACHE: usize = 128;
 
 /// The schema this server writes (`PRAGMA user_version`); fsck checks only databases of this version.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE users (
@@ -186,6 +186,27 @@ ALTER TABLE pfiles ADD COLUMN touched INTEGER NOT NULL DEFAULT 0;
 UPDATE pfiles SET touched = created WHERE complete = 0;
 CREATE INDEX pfiles_unfinished ON pfiles(touched) WHERE complete = 0;
 ";
+
+/// Version 6: passwords as SCRAM keeps them (`users.rs`): each argon2id hash (whose output is SaltedPassword) becomes
+/// its salt, cost, StoredKey and ServerKey, in `password_hash`; the hash itself is not kept.
+fn migrate_v6(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let old: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT id, password_hash FROM users")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, hash) in old {
+        let Some(secret) = crate::users::from_phc(&hash) else {
+            tracing::warn!(
+                user_id = id,
+                "a password hash this server cannot convert: that user must be given a new password"
+            );
+            continue;
+        };
+        tx.execute("UPDATE users SET password_hash = ? WHERE id = ?", params![secret, id])?;
+    }
+    Ok(())
+}
 
 /// Most chunks a physical file may have: its chunk map (one bit each, rewritten as chunks are recorded) stays at
 /// most 512 KiB. With the default 4 MiB chunks that is `MAX_FILE_SIZE` (16 TiB).
@@ -444,6 +465,9 @@ impl Meta {
         }
         if version < 5 {
             tx.execute_batch(SCHEMA_V5)?;
+        }
+        if version < 6 {
+            migrate_v6(&tx)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

@@ -1,5 +1,6 @@
-//! A fake netdisk server, to test the mount against a hostile one: it listens on `127.0.0.1:0`, logs anyone in the
-//! way a real server does (a valid `LoginRes`), then answers every other request as the test's script says,
+//! A fake netdisk server, to test the mount against a hostile one: it listens on `127.0.0.1:0`, logs its user in the
+//! way a real server does (it knows the password [`PASSWORD`]; an [`FakeServer::impostor`] does not, and signs its
+//! login answer with garbage), then answers every other request as the test's script says,
 //! marking the answers it knows to be lies. It records, per connection, whether a request ever came on a
 //! connection after a lie (a client must drop such a connection). Each connection has its own thread; dropping the
 //! guard stops accepting, shuts every connection down and joins every thread. Nothing is forked or spawned.
@@ -11,9 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use netdisk_protocol::io::{read_frame, Direction};
-use netdisk_protocol::{AnyRequest, AnyResponse, Attr, Kind, LoginRes, NodeKind, Timespec};
+use netdisk_protocol::{
+    login, AnyRequest, AnyResponse, Attr, ErrorCode, Kind, LoginRes, NodeKind, Timespec, WireError,
+};
 
 use crate::IO_TIMEOUT;
+
+/// The password the fake knows (any user name).
+pub const PASSWORD: &str = "pw";
 
 /// The proof salt the fake sends at login.
 pub const SALT: &str = "5a175a175a175a175a175a175a175a175a175a175a175a175a175a175a175a17";
@@ -73,12 +79,22 @@ pub struct FakeServer {
 impl FakeServer {
     /// Starts listening; `script` answers every request after the login.
     pub fn start(script: impl Fn(&AnyRequest) -> Reply + Send + Sync + 'static) -> FakeServer {
+        FakeServer::listen(Some(PASSWORD), Arc::new(script))
+    }
+
+    /// A server that does not know the user's password: it takes any login proof and answers as a real server
+    /// would, but cannot sign the answer.
+    pub fn impostor(script: impl Fn(&AnyRequest) -> Reply + Send + Sync + 'static) -> FakeServer {
+        FakeServer::listen(None, Arc::new(script))
+    }
+
+    fn listen(password: Option<&str>, script: Arc<Script>) -> FakeServer {
+        let password = Arc::new(password.map(login::KnownPassword::new));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("the listener's address");
         let stop = Arc::new(AtomicBool::new(false));
         let connections: Connections = Arc::default();
         let record: Arc<Mutex<Record>> = Arc::default();
-        let script: Arc<Script> = Arc::new(script);
         let accept = {
             let (stop, connections, record) = (stop.clone(), connections.clone(), record.clone());
             std::thread::spawn(move || {
@@ -93,8 +109,10 @@ impl FakeServer {
                         r.connections
                     };
                     let Ok(handle) = stream.try_clone() else { continue };
-                    let (script, record) = (script.clone(), record.clone());
-                    let thread = std::thread::spawn(move || serve(stream, number, &*script, &record));
+                    let (script, record, password) = (script.clone(), record.clone(), password.clone());
+                    let thread = std::thread::spawn(move || {
+                        serve(stream, number, &*script, &record, password.as_ref().as_ref())
+                    });
                     connections.lock().expect("connections lock").push((handle, thread));
                 }
             })
@@ -112,17 +130,43 @@ impl FakeServer {
 }
 
 /// Answers one connection until it closes (or fails, or stays silent past [`IO_TIMEOUT`]).
-fn serve(mut stream: TcpStream, number: usize, script: &Script, record: &Mutex<Record>) {
+fn serve(
+    mut stream: TcpStream,
+    number: usize,
+    script: &Script,
+    record: &Mutex<Record>,
+    password: Option<&login::KnownPassword>,
+) {
+    let mut exchange = String::new();
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let mut lied = false;
     while let Ok(frame) = read_frame(&mut stream, Direction::Request) {
         let Ok(request) = AnyRequest::decode(frame.head.kind, &frame.header) else { return };
         let reply = match &request {
-            AnyRequest::Login(_) => Reply::honest(AnyResponse::Login(login_answer())),
+            AnyRequest::Hello(r) => {
+                let (res, message) = match password {
+                    Some(known) => known.hello(r),
+                    None => login::KnownPassword::new("an impostor's guess").hello(r),
+                };
+                exchange = message;
+                Reply::honest(AnyResponse::Hello(res))
+            }
+            AnyRequest::Login(r) => {
+                let signature = match password {
+                    Some(known) => known.login(&exchange, r),
+                    None => Some("00".repeat(32)),
+                };
+                match signature {
+                    Some(server_signature) => {
+                        Reply::honest(AnyResponse::Login(LoginRes { server_signature, ..login_answer() }))
+                    }
+                    None => Reply::honest(AnyResponse::Error(WireError::new(ErrorCode::AuthFailed, "wrong password"))),
+                }
+            }
             other => script(other),
         };
-        if !matches!(request, AnyRequest::Login(_)) {
+        if !matches!(request, AnyRequest::Hello(_) | AnyRequest::Login(_)) {
             let mut r = record.lock().expect("record lock");
             if lied {
                 r.after_a_lie.push((number, request.kind()));
@@ -161,7 +205,12 @@ impl Drop for FakeServer {
 
 /// The answer a real server gives a login: the root directory, a chunk size, a proof salt.
 pub fn login_answer() -> LoginRes {
-    LoginRes { root: attr(1, NodeKind::Dir, 0), chunk_size: 1 << 20, proof_salt: SALT.into() }
+    LoginRes {
+        root: attr(1, NodeKind::Dir, 0),
+        chunk_size: 1 << 20,
+        proof_salt: SALT.into(),
+        server_signature: "00".repeat(32),
+    }
 }
 
 /// Sound attributes of a node as a real server sends them (a file's content is `md5` of `size` bytes).

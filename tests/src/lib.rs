@@ -843,9 +843,16 @@ impl Pipeline {
 
     /// Logs in through the pipeline (as its first request); panics if the login fails.
     pub fn login(&mut self, user: &str, password: &str) {
-        let req = netdisk_protocol::Login { user: user.into(), password: password.into() };
-        self.send(&req, &[]).expect("send Login");
-        self.recv(&req).unwrap_or_else(|e| panic!("login as {user}: {e}"));
+        use netdisk_protocol::login;
+        let hello = login::hello(user);
+        self.send(&hello, &[]).expect("send Hello");
+        let challenge = self.recv(&hello).unwrap_or_else(|e| panic!("hello as {user}: {e}"));
+        let salt = login::salt_of(&challenge).expect("the salt");
+        let salted = login::salted_password(password, &salt, &challenge.kdf).expect("SaltedPassword");
+        let (proof, message) = login::answer(&hello, &challenge, &salted);
+        self.send(&proof, &[]).expect("send Login");
+        let res = self.recv(&proof).unwrap_or_else(|e| panic!("login as {user}: {e}"));
+        assert!(login::server_signature_is_right(&salted, &message, &res.server_signature), "the server's signature");
     }
 
     /// A second handle on the socket, to write from another thread (then write only through it).

@@ -15,6 +15,7 @@ pub use resize::check_file_size;
 use std::fs::File;
 use std::path::PathBuf;
 
+use netdisk_protocol::login::StoredKeys;
 use netdisk_protocol::*;
 
 use crate::blobs::{Blobs, Durability};
@@ -80,6 +81,21 @@ pub const DEFAULT_UPLOAD_EXPIRY: std::time::Duration = std::time::Duration::from
 const EXPIRE_PER_ADMISSION: u32 = 16;
 
 /// The bytes a `Download` answer carries: `len` bytes of `file` from the requested offset.
+/// A login between its two steps: who (nobody, for a name nobody has), their keys, and the exchange they sign.
+pub struct PendingLogin {
+    name: String,
+    user: Option<User>,
+    keys: StoredKeys,
+    message: String,
+}
+
+impl PendingLogin {
+    /// The name it is for, as the client sent it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 pub struct Outgoing {
     pub res: DownloadRes,
     pub file: Option<File>,
@@ -114,7 +130,7 @@ impl Store {
         })
     }
 
-    /// The same store drawing its challenges from `random` (the fuzz target's replayable sessions).
+    /// The same store drawing its challenges and login nonces from `random` (the fuzz target's replayable sessions).
     pub fn with_random(mut self, random: Random) -> Store {
         self.challenges = proof::Challenges::new(random);
         self
@@ -139,12 +155,34 @@ impl Store {
 
     // ---- users ----
 
-    /// The user whose password this is; `None` for a wrong name or password (both take the time of a check).
-    pub fn authenticate(&self, name: &str, password: &str) -> Result<Option<User>> {
-        let found = self.meta.user(name)?;
-        let hash = found.as_ref().map_or(users::dummy_hash(), |(_, h)| h.as_str());
-        let ok = users::verify_password(password, hash);
-        Ok(found.filter(|_| ok).map(|(user, _)| user))
+    /// The first step of a login (`netdisk_protocol::login`): the salt and cost of `r.user`'s password and a fresh
+    /// nonce. A name nobody has gets the same shape of answer (a salt derived from the name), and a login that can
+    /// only fail.
+    pub fn hello(&mut self, r: &Hello) -> Result<(PendingLogin, HelloRes)> {
+        if !is_sha256_hex(&r.client_nonce) {
+            return fail(ErrorCode::Invalid, "the client nonce is not 64 hex digits");
+        }
+        let found = self.meta.user(&r.user)?;
+        let (user, secret) = match found.map(|(user, stored)| (user, users::Secret::decode(&stored))) {
+            Some((user, Some(secret))) => (Some(user), secret),
+            _ => (None, users::unknown_user(&self.proof_salt, &r.user)),
+        };
+        let res = HelloRes { salt: hex::encode(&secret.salt), kdf: secret.kdf, server_nonce: self.challenges.nonce() };
+        let message = login::auth_message(&r.user, &r.client_nonce, &res.salt, &res.kdf, &res.server_nonce);
+        Ok((PendingLogin { name: r.user.clone(), user, keys: secret.keys, message }, res))
+    }
+
+    /// The second step: the user, and what to answer, if the proof is right; `None` otherwise.
+    pub fn login(&self, pending: PendingLogin, r: &Login) -> Result<Option<(User, LoginRes)>> {
+        let right = login::proof_is_right(&pending.keys, &pending.message, &r.proof);
+        let Some(user) = pending.user.filter(|_| right) else { return Ok(None) };
+        let res = LoginRes {
+            root: self.meta.attr(user.root)?,
+            chunk_size: self.chunk_size,
+            proof_salt: hex::encode(&self.proof_salt),
+            server_signature: login::server_signature(&pending.keys, &pending.message),
+        };
+        Ok(Some((user, res)))
     }
 
     /// Refuses a request of a session whose user was removed or changed password since it logged in.
@@ -154,15 +192,6 @@ impl Store {
         }
         tracing::warn!(user = %user.name, "session ended: the user was removed or their password changed");
         fail(ErrorCode::NotLoggedIn, "session ended: the user was removed or their password changed; log in again")
-    }
-
-    /// What a client is told at login.
-    pub fn login_answer(&self, user: &User) -> Result<LoginRes> {
-        Ok(LoginRes {
-            root: self.meta.attr(user.root)?,
-            chunk_size: self.chunk_size,
-            proof_salt: hex::encode(&self.proof_salt),
-        })
     }
 
     // ---- reading the tree ----

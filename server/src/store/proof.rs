@@ -67,11 +67,16 @@ impl Challenges {
         Challenges { open: VecDeque::new(), random }
     }
 
+    /// A fresh nonce: 64 hex digits (a challenge's, a login's).
+    pub fn nonce(&mut self) -> String {
+        let r = &mut self.random;
+        format!("{:016x}{:016x}{:016x}{:016x}", r.next_u64(), r.next_u64(), r.next_u64(), r.next_u64())
+    }
+
     /// A new challenge for `request`, remembered until answered.
     pub fn issue(&mut self, request: UploadFile) -> UploadFileRes {
-        let r = &mut self.random;
-        let nonce = format!("{:016x}{:016x}{:016x}{:016x}", r.next_u64(), r.next_u64(), r.next_u64(), r.next_u64());
-        let id = r.next_u64();
+        let nonce = self.nonce();
+        let id = self.random.next_u64();
         if self.open.len() >= MAX_OPEN_CHALLENGES {
             self.open.pop_front();
         }

@@ -246,3 +246,17 @@ fn a_lying_server_gets_eio_never_a_panic_a_path_or_a_forged_log_line() {
     drop(mount);
     drop(fake);
 }
+
+#[test]
+fn a_server_that_cannot_prove_it_holds_the_users_keys_is_refused() {
+    // An impostor takes any login proof, but cannot sign its answer without the keys the real server keeps.
+    let fake = FakeServer::impostor(|_| {
+        Reply::honest(AnyResponse::Error(netdisk_e2e::netdisk_protocol::WireError::new(ErrorCode::Invalid, "no")))
+    });
+    let addr = fake.addr().to_string();
+    let (status, stderr, mounted) =
+        netdisk_e2e::mount::mount_must_fail(&["--server", &addr, "--user", "ann"], netdisk_e2e::fake::PASSWORD);
+    assert!(!status.success() && !mounted, "mounted an impostor: {stderr}");
+    assert!(stderr.contains("could not prove"), "{stderr}");
+    assert!(fake.record().requests.is_empty(), "a request went to the impostor: {:?}", fake.record());
+}

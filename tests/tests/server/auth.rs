@@ -126,3 +126,70 @@ fn every_request_before_login_gets_not_logged_in() {
     assert_eq!(c.names("/private").expect("list /private"), vec!["f".to_string()]);
     assert_eq!(c.stat("/private/f").expect("stat").mode & 0o7777, 0o600);
 }
+
+/// A stream that keeps a copy of every byte written to it: what a relay on the path would capture.
+struct Recorded<S> {
+    inner: S,
+    sent: Vec<u8>,
+}
+
+impl<S: std::io::Read> std::io::Read for Recorded<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<S: std::io::Write> std::io::Write for Recorded<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_captured_login_neither_shows_the_password_nor_logs_in_again() {
+    use netdisk_e2e::netdisk_protocol::io::{read_frame, Direction};
+    use netdisk_e2e::netdisk_protocol::{AnyResponse, Kind};
+    use std::io::Write;
+    let server = server_with_alice(ServerOpts::default());
+    let mut client =
+        netdisk_e2e::netdisk_protocol::client::Client::new(Recorded { inner: server.raw_connect(), sent: Vec::new() });
+    client.login(ALICE, ALICE_PW).expect("login");
+    let captured = client.into_stream().sent;
+    let shows = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(!shows(ALICE_PW.as_bytes()), "the password crossed the wire");
+    assert!(!shows(hex_of(ALICE_PW).as_bytes()), "the password crossed the wire in hex");
+
+    // Replayed on a new connection, byte for byte: the server's fresh nonce makes the old proof worthless.
+    let mut replay = server.raw_connect();
+    replay.write_all(&captured).expect("replay");
+    let hello = read_frame(&mut replay, Direction::Response).expect("an answer to the replayed Hello");
+    assert_eq!(hello.head.kind, Kind::HelloRes);
+    let login = read_frame(&mut replay, Direction::Response).expect("an answer to the replayed Login");
+    assert_eq!(login.head.kind, Kind::Error, "a replayed login must fail");
+    let Ok(AnyResponse::Error(error)) = AnyResponse::decode(login.head.kind, &login.header) else { panic!("an error") };
+    assert_eq!(error.code, ErrorCode::AuthFailed);
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_name_nobody_has_gets_a_salt_like_anyone_else() {
+    use netdisk_e2e::netdisk_protocol::Hello;
+    let server = server_with_alice(ServerOpts::default());
+    let hello = |user: &str| {
+        let mut c = server.connect();
+        c.call(&Hello { user: user.into(), client_nonce: "ab".repeat(32) }).expect("a hello is answered")
+    };
+    let (nobody, again, alice) = (hello("nobody"), hello("nobody"), hello(ALICE));
+    assert_eq!(nobody.salt, again.salt, "the same name, the same salt: nothing tells it from a real user");
+    assert_eq!((nobody.salt.len(), nobody.kdf), (alice.salt.len(), alice.kdf));
+    assert_ne!(nobody.server_nonce, again.server_nonce, "a fresh nonce every time");
+}

@@ -12,7 +12,7 @@ use netdisk_e2e::netdisk_protocol::client::Client;
 use netdisk_e2e::netdisk_protocol::frame::encode_message;
 use netdisk_e2e::netdisk_protocol::io::{read_frame, Direction};
 use netdisk_e2e::netdisk_protocol::{
-    chunk_crc, Kind, Login, Stat, UploadChunk, HEAD_LEN, MAGIC, MAX_PAYLOAD, MAX_REQUEST_HEADER, VERSION,
+    chunk_crc, login, Hello, Kind, Stat, UploadChunk, HEAD_LEN, MAGIC, MAX_PAYLOAD, MAX_REQUEST_HEADER, VERSION,
 };
 use netdisk_e2e::{
     begin_upload, json_string_field, random_bytes, read_until_closed, wait_until, ProcInfo, ReadHalf, Rng, Server,
@@ -392,8 +392,8 @@ fn dribble_until_closed(
 /// in all is served; a slower one is closed once the idle timeout has passed, and so is a chunk's payload that an
 /// unauthenticated peer dribbles (the server has no use for it but must read it to keep the framing).
 fn dribblers(server: &Server, established: mpsc::Sender<()>) -> (Duration, Duration) {
-    let login = Login { user: ALICE.into(), password: ALICE_PW.into() };
-    let frame = encode_message(Kind::Login, 1, &login, 0);
+    let hello = Hello { user: ALICE.into(), client_nonce: "ab".repeat(32) };
+    let frame = encode_message(Kind::Hello, 1, &hello, 0);
     let chunk = UploadChunk { upload_id: 1, index: 0, crc32c: chunk_crc(b"x") };
     let chunk_head = encode_message(Kind::UploadChunk, 1, &chunk, 1 << 20);
     let mut fast = server.raw_connect();
@@ -418,9 +418,13 @@ fn dribblers(server: &Server, established: mpsc::Sender<()>) -> (Duration, Durat
             let took = started.elapsed();
             assert!(took > STALL_TIMEOUT, "the fast dribbler took {took:?}, not longer than the stall timeout");
             let mut reader = Client::new(ReadHalf(fast.try_clone().expect("clone")));
-            let res = reader.call(&login).expect("a login dribbled within the idle timeout is served");
-            assert_eq!(res.root.kind, netdisk_e2e::netdisk_protocol::NodeKind::Dir);
+            let challenge = reader.call(&hello).expect("a login dribbled within the idle timeout is served");
+            let salt = login::salt_of(&challenge).expect("the salt");
+            let salted = login::salted_password(ALICE_PW, &salt, &challenge.kdf).expect("SaltedPassword");
+            let (proof, _) = login::answer(&hello, &challenge, &salted);
             let mut c = Client::new(fast.try_clone().expect("clone"));
+            let res = c.call(&proof).expect("and its login completes");
+            assert_eq!(res.root.kind, netdisk_e2e::netdisk_protocol::NodeKind::Dir);
             c.stat("/").expect("the dribbled login's session works");
             took
         });

@@ -649,12 +649,11 @@ fn a_small_file_cut_off_halfway_leaves_nothing() {
     let server = server_with_alice_and_bob(ServerOpts::default());
     let data = random_bytes(41, 20_000);
     let mut stream = server.raw_connect();
-    let login = netdisk_e2e::netdisk_protocol::Login { user: crate::ALICE.into(), password: crate::ALICE_PW.into() };
-    let mut bytes =
-        netdisk_e2e::netdisk_protocol::frame::encode_message(netdisk_e2e::netdisk_protocol::Kind::Login, 1, &login, 0);
+    netdisk_e2e::netdisk_protocol::client::Client::new(&stream).login(crate::ALICE, crate::ALICE_PW).expect("login");
+    let mut bytes = Vec::new();
     bytes.extend(netdisk_e2e::netdisk_protocol::frame::encode_message(
         netdisk_e2e::netdisk_protocol::Kind::UploadFile,
-        2,
+        3,
         &upload_request("/cut", &data),
         data.len() as u32,
     ));
