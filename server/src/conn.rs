@@ -50,6 +50,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Longest wait for progress inside a frame or a transfer.
     pub stall: Duration,
+    /// Longest a connection may stay without a login, from its accept: whatever it sends meanwhile, a peer that
+    /// has not logged in by then is closed (so silent or chatty strangers cannot keep connection slots).
+    pub login: Duration,
 }
 
 /// Counters for the connection's log line.
@@ -111,6 +114,8 @@ pub struct Conn {
     pub stats: Stats,
     /// When the current request must have arrived: its head and header, and a payload the server drops.
     request_deadline: Instant,
+    /// When the peer must have logged in (`None` once it has).
+    login_by: Option<Instant>,
 }
 
 /// The wait `timeout` for `what`, cut short to what is left before `deadline` (the end of a request's idle timeout).
@@ -136,8 +141,14 @@ impl Conn {
             end: 0,
             timeouts,
             stats: Stats::default(),
-            request_deadline: Instant::now() + timeouts.idle,
+            request_deadline: Instant::now() + timeouts.idle.min(timeouts.login),
+            login_by: Some(Instant::now() + timeouts.login),
         })
+    }
+
+    /// The peer logged in: from now on only the idle and stall timeouts apply.
+    pub fn logged_in(&mut self) {
+        self.login_by = None;
     }
 
     fn buffered(&self) -> usize {
@@ -177,11 +188,13 @@ impl Conn {
     /// Between bytes the stall timeout applies; the whole head and header must arrive within the idle timeout of
     /// the previous request, so a peer dribbling one byte just inside the stall timeout cannot hold its process.
     pub fn next_request(&mut self) -> Result<(FrameHead, Vec<u8>), ConnError> {
-        let deadline = Instant::now() + self.timeouts.idle;
+        let idle = Instant::now() + self.timeouts.idle;
+        let deadline = self.login_by.map_or(idle, |login_by| login_by.min(idle));
         self.request_deadline = deadline;
         while self.buffered() < HEAD_LEN {
             let (timeout, what) = if self.buffered() == 0 {
-                (deadline.saturating_duration_since(Instant::now()), "waiting for a request")
+                let what = if self.login_by.is_some() { "waiting for a login" } else { "waiting for a request" };
+                (deadline.saturating_duration_since(Instant::now()), what)
             } else {
                 within(deadline, self.timeouts.stall, "inside a frame head")
             };

@@ -62,7 +62,8 @@ pub mod content {
     }
 }
 
-const TIMEOUTS: Timeouts = Timeouts { idle: Duration::from_secs(10), stall: Duration::from_secs(10) };
+const TIMEOUTS: Timeouts =
+    Timeouts { idle: Duration::from_secs(10), stall: Duration::from_secs(10), login: Duration::from_secs(10) };
 
 /// One fuzz input: everything a client sends on one connection, as ann (or not logged in at all).
 pub fn session(input: &[u8]) {

@@ -98,6 +98,9 @@ impl Session {
             }
             AnyRequest::Login(r) => {
                 let result = self.login(r);
+                if result.is_ok() {
+                    conn.logged_in();
+                }
                 respond::<Login>(conn, id, result)?;
                 let flow = if self.failed_logins >= MAX_FAILED_LOGINS {
                     Flow::Close("too many failed logins")

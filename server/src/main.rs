@@ -44,6 +44,9 @@ enum Command {
         /// Seconds a transfer or a half-received request may make no progress before the connection is closed.
         #[arg(long, default_value_t = 30)]
         stall_timeout: u64,
+        /// Seconds a new connection has to log in, whatever it sends meanwhile, before it is closed.
+        #[arg(long, default_value_t = 30)]
+        login_timeout: u64,
         /// Chunk size in bytes for new uploads (4096 to 16777216).
         #[arg(long, default_value_t = 4 * 1024 * 1024)]
         chunk_size: u32,
@@ -210,6 +213,7 @@ fn main() -> anyhow::Result<()> {
             max_children,
             idle_timeout,
             stall_timeout,
+            login_timeout,
             chunk_size,
             durability,
             reserve_mib,
@@ -227,8 +231,8 @@ fn main() -> anyhow::Result<()> {
                     netdisk_protocol::MAX_CHUNK_SIZE
                 );
             }
-            if max_children == 0 || idle_timeout == 0 || stall_timeout == 0 {
-                bail!("--max-children, --idle-timeout and --stall-timeout must be positive");
+            if max_children == 0 || idle_timeout == 0 || stall_timeout == 0 || login_timeout == 0 {
+                bail!("--max-children, --idle-timeout, --stall-timeout and --login-timeout must be positive");
             }
             prepare_data_dir(&data)?;
             // One server per data directory; then what a crash left can be cleared before anyone connects.
@@ -246,8 +250,11 @@ fn main() -> anyhow::Result<()> {
             out.flush()?;
             drop(out);
             tracing::info!(%addr, data = %data.display(), reserve, "serving");
-            let timeouts =
-                Timeouts { idle: Duration::from_secs(idle_timeout), stall: Duration::from_secs(stall_timeout) };
+            let timeouts = Timeouts {
+                idle: Duration::from_secs(idle_timeout),
+                stall: Duration::from_secs(stall_timeout),
+                login: Duration::from_secs(login_timeout),
+            };
             let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&*lock);
             listener::serve(
                 listener::Config {

@@ -66,6 +66,7 @@ pub struct ServerOpts {
     pub max_children: Option<usize>,
     pub idle_timeout: Option<u64>,
     pub stall_timeout: Option<u64>,
+    pub login_timeout: Option<u64>,
     pub chunk_size: Option<u32>,
     /// `--durability full|normal`.
     pub durability: Option<&'static str>,
@@ -92,6 +93,10 @@ impl ServerOpts {
     }
     pub fn stall_timeout(mut self, secs: u64) -> Self {
         self.stall_timeout = Some(secs);
+        self
+    }
+    pub fn login_timeout(mut self, secs: u64) -> Self {
+        self.login_timeout = Some(secs);
         self
     }
     pub fn chunk_size(mut self, bytes: u32) -> Self {
@@ -267,6 +272,9 @@ impl Server {
         }
         if let Some(s) = opts.stall_timeout {
             cmd.arg("--stall-timeout").arg(s.to_string());
+        }
+        if let Some(s) = opts.login_timeout {
+            cmd.arg("--login-timeout").arg(s.to_string());
         }
         if let Some(b) = opts.chunk_size {
             cmd.arg("--chunk-size").arg(b.to_string());

@@ -110,3 +110,23 @@ fn a_removed_users_connection_can_do_nothing() {
     alice(&server).stat("/").expect("other users go on");
     server.assert_fsck_clean();
 }
+
+/// Strangers that never log in, silent or chatty, hold a connection slot only until the login timeout (not the idle
+/// timeout, which any request before a login would restart): then honest users get in again.
+#[test]
+fn strangers_that_never_log_in_lose_their_slots_at_the_login_timeout() {
+    use netdisk_e2e::wait_until;
+    let server = server_with_alice(ServerOpts::default().max_children(3).login_timeout(2));
+    let _silent: Vec<std::net::TcpStream> = (0..2).map(|_| server.raw_connect()).collect();
+    let mut chatty = server.connect();
+    assert_eq!(chatty.stat("/").map_err(|e| e.code()).unwrap_err(), Some(ErrorCode::NotLoggedIn));
+    assert!(server.wait_for_children(3, Duration::from_secs(10)), "every slot is held");
+    assert!(server.connect().login(ALICE, ALICE_PW).is_err(), "no slot for an honest user while they are held");
+    // The chatty stranger keeps asking (each request would restart an idle timer of 600 s): it is closed anyway.
+    let closed = wait_until(Duration::from_secs(20), || chatty.stat("/").is_err_and(|e| e.code().is_none()));
+    assert!(closed, "a stranger sending requests without a login was not closed");
+    assert!(server.wait_for_children(0, Duration::from_secs(20)), "strangers still hold slots");
+    let mut honest = server.connect();
+    honest.login(ALICE, ALICE_PW).expect("a slot again for an honest user");
+    assert!(honest.stat("/").is_ok());
+}
