@@ -193,3 +193,22 @@ fn a_name_nobody_has_gets_a_salt_like_anyone_else() {
     assert_eq!((nobody.salt.len(), nobody.kdf), (alice.salt.len(), alice.kdf));
     assert_ne!(nobody.server_nonce, again.server_nonce, "a fresh nonce every time");
 }
+
+#[test]
+fn a_user_name_cannot_forge_or_flood_the_servers_log() {
+    let server = server_with_alice(ServerOpts::default());
+    let forged = "eve\n2026-12-03T00:00:00Z  INFO netdisk_server::handler: logged in user=root";
+    assert!(server.connect().login(forged, "guess").is_err());
+    let huge = "x".repeat(64 * 1024);
+    let before = server.log().len();
+    for _ in 0..3 {
+        assert!(server.connect().login(&huge, "guess").is_err());
+    }
+    let grown = server.log().len() - before;
+    let log = server.log();
+    for line in log.lines().filter(|l| l.contains("logged in user=root")) {
+        assert!(line.contains("login refused"), "a forged log line: {line}");
+    }
+    assert!(log.lines().all(|l| !l.starts_with("2026-12-03T00:00:00Z")), "a line began where the name said");
+    assert!(grown < 3 * 2048, "three logins with a 64 KiB name grew the log by {grown} bytes");
+}
