@@ -91,8 +91,8 @@ impl Default for Memory {
 impl Memory {
     pub fn new() -> Memory {
         let mut tree = Tree { next_ino: 2, next_upload: 1, ..Tree::default() };
-        let root = Node { attr: Tree::attr(1, NodeKind::Dir, 0o755, &[]), content: Vec::new() };
-        tree.nodes.insert("/".into(), Node { attr: Attr { nlink: 2, ..root.attr }, content: Vec::new() });
+        let root = Attr { nlink: 2, ..Tree::attr(1, NodeKind::Dir, 0o755, &[]) };
+        tree.nodes.insert("/".into(), Node { attr: root, content: Vec::new() });
         Memory {
             tree: Arc::new(Mutex::new(tree)),
             password: Arc::new(login::KnownPassword::new(PASSWORD)),

@@ -166,6 +166,11 @@ fn parent_dir(dir: &Option<Attr>) -> Checked {
     }
 }
 
+/// A nonce, salt or signature in the form every one of them takes on the wire: 64 lowercase hex digits.
+fn hex64(value: &str, field: &str) -> Checked {
+    rule(is_sha256_hex(value), field, || format!("{} is not 64 hex digits", shown(value)))
+}
+
 fn chunk_size(size: u32) -> Checked {
     rule((MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size), "chunk_size", || {
         format!("{size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")
@@ -195,7 +200,7 @@ fn upload_answer(asked: &UploadFile, res: &UploadFileRes, proven: bool) -> Check
             // A copy named by md5 alone is placed from the user's own content or refused, never challenged: the
             // mount proves ownership only of content it hashed itself.
             rule(asked.sha256.is_some(), "challenge", || "a challenge for content named without its SHA-256".into())?;
-            rule(is_sha256_hex(nonce), "nonce", || format!("{} is not 64 hex digits", shown(nonce)))
+            hex64(nonce, "nonce")
         }
     }
 }
@@ -212,9 +217,7 @@ impl Rules for Hello {
         rule(salt_ok, "salt", || format!("{} is not 8 to 64 bytes in hex", shown(&res.salt)))?;
         // The client spends this much on the login: a server asking for more is refused, not obeyed.
         rule(res.kdf.is_reasonable(), "kdf", || format!("{:?} is beyond what a client spends", res.kdf))?;
-        rule(is_sha256_hex(&res.server_nonce), "server_nonce", || {
-            format!("{} is not 64 hex digits", shown(&res.server_nonce))
-        })
+        hex64(&res.server_nonce, "server_nonce")
     }
 }
 
@@ -223,12 +226,8 @@ impl Rules for Login {
     fn check(&self, res: &LoginRes, _: usize) -> Checked {
         attr_of_kind(&res.root, NodeKind::Dir).map_err(|f| f.within("root"))?;
         chunk_size(res.chunk_size)?;
-        rule(is_sha256_hex(&res.proof_salt), "proof_salt", || {
-            format!("{} is not 64 hex digits", shown(&res.proof_salt))
-        })?;
-        rule(is_sha256_hex(&res.server_signature), "server_signature", || {
-            format!("{} is not 64 hex digits", shown(&res.server_signature))
-        })
+        hex64(&res.proof_salt, "proof_salt")?;
+        hex64(&res.server_signature, "server_signature")
     }
 }
 

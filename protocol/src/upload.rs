@@ -85,13 +85,15 @@ pub struct Upload {
     attempts: usize,
     chunks_sent: u32,
     state: State,
+    /// False for an upload continued with [`Upload::opened`]: it has no `UploadFile` to ask again.
+    can_ask: bool,
 }
 
 impl Upload {
     /// An upload of `request`'s content; `proof_tag` is its [`ContentHashes::proof_tag`](crate::ContentHashes)
     /// (what an ownership challenge is answered from).
     pub fn new(request: UploadFile, proof_tag: String, carry: Carry) -> Upload {
-        Upload { request, proof_tag, carry, attempts: 0, chunks_sent: 0, state: State::Done }
+        Upload { request, proof_tag, carry, attempts: 0, chunks_sent: 0, state: State::Done, can_ask: true }
     }
 
     /// An upload the server already opened (`UploadFileRes::Upload`) for content of `size` bytes, continued from
@@ -109,13 +111,14 @@ impl Upload {
         };
         let mut up = Upload::new(request, String::new(), Carry::ByHash);
         up.start()?;
+        up.can_ask = false;
         let next = up.on_answer(Ok(UploadFileRes::Upload { upload_id, chunk_size, chunk_count }))?;
         Ok((up, next))
     }
 
     /// Whether an `Ask` can be sent (not for an upload continued with [`Upload::opened`]).
     pub fn can_ask(&self) -> bool {
-        !self.request.path.is_empty()
+        self.can_ask
     }
 
     pub fn request(&self) -> &UploadFile {

@@ -1979,6 +1979,31 @@ mod tests {
     }
 
     #[test]
+    fn a_version_5_password_logs_in_after_the_migration_to_scram_keys() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        use netdisk_protocol::login::{auth_message, client_proof, proof_is_right, salted_password};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        Meta::open(&path).unwrap().add_user("ann", "replaced below").unwrap();
+        // As a version 5 server left it: an argon2id PHC string.
+        let phc = argon2::Argon2::default()
+            .hash_password(b"secret", &SaltString::encode_b64(&[3u8; 16]).unwrap())
+            .unwrap()
+            .to_string();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE users SET password_hash = ?", [&phc]).unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        drop(conn);
+        let meta = Meta::open(&path).unwrap();
+        let (_, stored) = meta.user("ann").unwrap().unwrap();
+        assert!(!stored.contains(&phc), "the old hash is not kept");
+        let secret = crate::users::Secret::decode(&stored).expect("converted to SCRAM keys");
+        let message = auth_message("ann", &"a".repeat(64), &hex::encode(&secret.salt), &secret.kdf, &"b".repeat(64));
+        let salted = salted_password("secret", &secret.salt, &secret.kdf).unwrap();
+        assert!(proof_is_right(&secret.keys, &message, &client_proof(&salted, &message)), "the same password logs in");
+    }
+
+    #[test]
     fn proof_blocks_are_one_per_content_and_capped_per_user() {
         let (_d, mut meta, u) = setup();
         let until = now().sec + 3600;

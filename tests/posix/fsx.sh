@@ -13,6 +13,8 @@
 # Exit status: 0 when every seed ran all its operations A-OK.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/posix/wait.sh
+. tests/posix/wait.sh
 root=$PWD
 
 ops=20000
@@ -59,17 +61,8 @@ mkdir -p "$scratch/mnt" "$scratch/artifacts"
 "$bin/netdisk-mount" --local "$scratch/data" --cache-dir "$scratch/cache" "$scratch/mnt" \
     >"$scratch/mount.out" 2>"$scratch/mount.log" &
 mount_pid=$!
-for _ in $(seq 100); do
-    grep -q '^mounted ' "$scratch/mount.out" && break
-    kill -0 "$mount_pid" 2>/dev/null || break
-    sleep 0.2
-done
-if ! grep -q " $scratch/mnt " /proc/self/mounts; then
-    echo "netdisk-mount did not mount:" >&2
-    cat "$scratch/mount.log" >&2
-    failed=1
-    exit 1
-fi
+wait_for_line "$scratch/mount.out" '^mounted ' "$mount_pid" || true
+mounted_or_report "$scratch/mnt" "$scratch/mount.log" || { failed=1; exit 1; }
 
 echo "fsx $(fsx --version | awk '{print $2}') on netdisk, $(uname -sr), config $config"
 for seed in "${seeds[@]}"; do

@@ -25,6 +25,8 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/posix/wait.sh
+. tests/posix/wait.sh
 root=$PWD
 
 # The C pjdfstest at this commit (2026-08, "utimensat/09.t: skip Y2038 assertions on 32-bit time_t filesystems").
@@ -117,11 +119,7 @@ NETDISK_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 "$bin/netdisk-server" serve --listen 127.0.0.1:0 --data "$scratch/data" --log-file "$scratch/server.log" \
     >"$scratch/server.out" &
 server_pid=$!
-for _ in $(seq 100); do
-    grep -qs '^listening on ' "$scratch/server.out" && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.2
-done
+wait_for_line "$scratch/server.out" '^listening on ' "$server_pid" || true
 addr=$(sed -n 's/^listening on //p' "$scratch/server.out")
 if [ -z "$addr" ]; then
     echo "netdisk-server did not start:" >&2
@@ -131,16 +129,8 @@ fi
 "$bin/netdisk-mount" --server "$addr" --user pjd --cache-dir "$scratch/cache" "$scratch/mnt" \
     >"$scratch/mount.out" 2>"$scratch/mount.log" &
 mount_pid=$!
-for _ in $(seq 100); do
-    grep -qs '^mounted ' "$scratch/mount.out" && break
-    kill -0 "$mount_pid" 2>/dev/null || break
-    sleep 0.2
-done
-if ! grep -q " $scratch/mnt " /proc/self/mounts; then
-    echo "netdisk-mount did not mount:" >&2
-    cat "$scratch/mount.log" >&2
-    exit 1
-fi
+wait_for_line "$scratch/mount.out" '^mounted ' "$mount_pid" || true
+mounted_or_report "$scratch/mnt" "$scratch/mount.log" || exit 1
 unset NETDISK_PASSWORD
 
 # prove exits non-zero when a test fails: the summary reports it. timeout puts the run in a process group of its

@@ -16,6 +16,8 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/posix/wait.sh
+. tests/posix/wait.sh
 root=$PWD
 
 tests/posix/install-tools.sh pjdfstest
@@ -52,16 +54,8 @@ cp tests/posix/pjdfstest.toml "$scratch/ext4.toml"
 "$bin/netdisk-mount" --local "$scratch/data" --cache-dir "$scratch/cache" "$scratch/mnt" \
     >"$scratch/mount.out" 2>"$scratch/mount.log" &
 mount_pid=$!
-for _ in $(seq 100); do
-    grep -q '^mounted ' "$scratch/mount.out" && break
-    kill -0 "$mount_pid" 2>/dev/null || break
-    sleep 0.2
-done
-if ! grep -q " $scratch/mnt " /proc/self/mounts; then
-    echo "netdisk-mount did not mount:" >&2
-    cat "$scratch/mount.log" >&2
-    exit 1
-fi
+wait_for_line "$scratch/mount.out" '^mounted ' "$mount_pid" || true
+mounted_or_report "$scratch/mnt" "$scratch/mount.log" || exit 1
 
 # pjdfstest exits non-zero when a case fails: the comparison below reports it.
 run() { # NAME PATH SECONDARY_FS [COMMAND TO RUN pjdfstest UNDER...]
